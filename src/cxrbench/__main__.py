@@ -1,0 +1,3 @@
+from cxrbench.cli import main
+
+raise SystemExit(main())

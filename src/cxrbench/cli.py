@@ -1,0 +1,145 @@
+"""The ``cxrbench`` command line (also ``python -m cxrbench``).
+
+Sub-commands register themselves in :func:`build_parser`; every user error is a :class:`CxrbenchError` printed
+as one line (exit status 2), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from cxrbench import __version__
+from cxrbench.errors import CxrbenchError
+from cxrbench.log import setup_logging
+
+DATASET_KEYS = ("mimic", "chexpert", "rsna", "siim", "objectcxr", "covidx")
+LISTABLE = ("methods", "tasks", "datasets", "presets")
+
+
+def _emit(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    kinds = [args.what] if args.what else list(LISTABLE)
+    for kind in kinds:
+        names = _list(kind)
+        if args.what:
+            for name in names:
+                _emit(name)
+        else:
+            _emit(f"{kind}: {', '.join(names) if names else '(none registered yet)'}")
+    return 0
+
+
+def _list(kind: str) -> list[str]:
+    if kind == "methods":
+        from cxrbench.methods import METHODS
+
+        return METHODS.names()
+    if kind == "tasks":
+        from cxrbench.tasks import TASKS
+
+        return TASKS.names()
+    if kind == "datasets":
+        from cxrbench.data.formats import FOLDERS
+
+        return [f"{key} ({folder})" for key, folder in FOLDERS.items()]
+    from cxrbench.synth import PRESETS
+
+    return list(PRESETS)
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from cxrbench.synth import generate
+
+    summary = generate(Path(args.out), preset=args.preset, seed=args.seed, workers=args.workers,
+                       progress=not args.no_progress)
+    _emit(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_data_splits(args: argparse.Namespace) -> int:
+    from cxrbench.data.splits import STANDARD_FRACTIONS, make_splits
+
+    splits = make_splits(args.dataset, Path(args.root), force=args.force)
+    summary: dict[str, object] = {
+        "dataset": args.dataset,
+        "directory": str(splits.directory),
+        "split_hash": splits.split_hash,
+        "counts": {p: len(splits.part(p)) for p in ("train", "val", "test")},
+    }
+    if splits.class_names:
+        summary["fractions"] = {f"{f:g}": len(splits.fraction(f)) for f in STANDARD_FRACTIONS}
+    _emit(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_data_inspect(args: argparse.Namespace) -> int:
+    from cxrbench.data.inspect import inspect_dataset
+
+    summary, problems = inspect_dataset(args.dataset, Path(args.root))
+    _emit(json.dumps({**summary, "problems": problems}, indent=2))
+    return 1 if problems else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cxrbench",
+        description="Pre-train chest X-ray vision-language methods and compare their encoders under one "
+        "protocol.",
+    )
+    parser.add_argument("--version", action="version", version=f"cxrbench {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    ls = sub.add_parser("ls", help="list registered methods, tasks, datasets, presets")
+    ls.add_argument("what", nargs="?", choices=LISTABLE, help="one kind, one name per line")
+    ls.set_defaults(func=cmd_ls)
+
+    data = sub.add_parser("data", help="synthetic corpus, splits, checking downloads")
+    dsub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+    synth = dsub.add_parser("synth", help="generate the SynthCXR corpus in the official formats")
+    synth.add_argument("--out", required=True, help="output data root")
+    synth.add_argument("--preset", default="small", choices=("tiny", "small", "full"))
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    synth.add_argument("--no-progress", action="store_true")
+    synth.set_defaults(func=cmd_data_synth)
+
+    splits = dsub.add_parser("splits", help="make (or check) the stored train/val/test splits")
+    splits.add_argument("--dataset", required=True, choices=DATASET_KEYS)
+    splits.add_argument("--root", required=True, help="the dataset's own folder")
+    splits.add_argument("--force", action="store_true", help="remake even if stored splits exist")
+    splits.set_defaults(func=cmd_data_splits)
+
+    inspect = dsub.add_parser("inspect", help="summarise a dataset folder as JSON, list problems")
+    inspect.add_argument("--dataset", required=True, choices=DATASET_KEYS)
+    inspect.add_argument("--root", required=True, help="the dataset's own folder")
+    inspect.set_defaults(func=cmd_data_inspect)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except CxrbenchError as exc:
+        sys.stderr.write(f"cxrbench: error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("cxrbench: interrupted\n")
+        return 130
+    finally:
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

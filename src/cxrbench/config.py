@@ -1,0 +1,112 @@
+"""Configuration: OmegaConf YAML validated against dataclass schemas.
+
+A run config is the merge of layers (trainer preset, method, task, suite overrides, ``--set key=value``), each
+layer a YAML file or a dotlist. Layers are merged one at a time onto the structured schema, so an unknown key or a
+wrong type is reported as a :class:`ConfigError` naming the layer's file and the dotted key. No Hydra, no
+``_target_`` import paths: objects are built by registry name from the validated values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from cxrbench.errors import ConfigError
+
+T = TypeVar("T")
+
+CONFIG_KINDS = ("method", "task", "trainer")
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One source of config values: ``source`` names it in errors (a file path or ``--set``)."""
+
+    source: str
+    values: DictConfig
+
+
+def load_yaml(path: str | Path) -> Layer:
+    """Read a YAML mapping; a missing file or a syntax error is a :class:`ConfigError` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(path, None, "file not found")
+    try:
+        values = OmegaConf.load(path)
+    except Exception as exc:  # yaml.YAMLError and friends: report where, not a traceback
+        raise ConfigError(path, None, f"not valid YAML ({type(exc).__name__}: {exc})") from None
+    if isinstance(values, ListConfig):
+        raise ConfigError(path, None, "expected a mapping at the top level, got a list")
+    return Layer(str(path), values)
+
+
+def parse_overrides(items: Sequence[str], source: str = "--set") -> Layer:
+    """Parse ``key=value`` strings (values in YAML syntax: ``lr=1e-4``, ``tags=[a,b]``)."""
+    for item in items:
+        key, sep, _ = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(source, item, "expected key=value")
+    try:
+        values = OmegaConf.from_dotlist(list(items))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(source, None, str(exc).splitlines()[0]) from None
+    return Layer(source, values)
+
+
+def packaged_config(kind: str, name: str) -> Path:
+    """Path of the config shipped inside the package: ``configs/<kind>/<name>.yaml``."""
+    if kind not in CONFIG_KINDS:
+        raise ValueError(f"config kind must be one of {CONFIG_KINDS}, got {kind!r}")
+    path = Path(str(resources.files("cxrbench") / "configs" / kind / f"{name}.yaml"))
+    if not path.is_file():
+        raise ConfigError(path, None, f"no {kind} config named {name!r}")
+    return path
+
+
+def build(schema: type[T], layers: Iterable[Layer]) -> T:
+    """Merge ``layers`` in order onto ``schema`` and return a validated instance of it.
+
+    Each layer is checked as it is merged, so the error names the layer that brought the bad key.
+    """
+    merged: DictConfig = OmegaConf.structured(schema)
+    for layer in layers:
+        try:
+            merged = OmegaConf.merge(merged, layer.values)  # type: ignore[assignment]
+        except OmegaConfBaseException as exc:
+            raise _as_config_error(exc, layer.source) from None
+    missing = sorted(OmegaConf.missing_keys(merged))
+    if missing:
+        raise ConfigError(None, missing[0], "required value is missing (set it in a config or with --set)")
+    obj = OmegaConf.to_object(merged)
+    assert isinstance(obj, schema)
+    return obj
+
+
+def _as_config_error(exc: OmegaConfBaseException, source: str) -> ConfigError:
+    key = getattr(exc, "full_key", None) or None
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    lowered = text.lower()
+    if "not in struct" in lowered or ("key '" in lowered and "not" in lowered):
+        text = "unknown key"
+    return ConfigError(source, key, text)
+
+
+def to_plain(obj: Any) -> Any:
+    """A dataclass / DictConfig as plain JSON-able containers."""
+    if isinstance(obj, DictConfig | ListConfig):
+        return OmegaConf.to_container(obj, resolve=True)
+    return OmegaConf.to_container(OmegaConf.structured(obj), resolve=True)
+
+
+def config_hash(obj: Any) -> str:
+    """sha256 (first 16 hex digits) of the canonical JSON of a config: key order does not matter."""
+    text = json.dumps(to_plain(obj), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,0 +1,31 @@
+"""Logging set-up: one handler, rank-zero only under DDP, never report text."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from rich.logging import RichHandler
+
+
+class RankZeroFilter(logging.Filter):
+    """Drop records from processes whose global rank is not zero (torchrun / SLURM / Lightning)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+            value = os.environ.get(var)
+            if value is not None:
+                return value == "0"
+        return True
+
+
+def setup_logging(verbose: bool = False) -> None:
+    handler = RichHandler(show_path=False, rich_tracebacks=False, markup=False)
+    handler.addFilter(RankZeroFilter())
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        datefmt="[%X]",
+        handlers=[handler],
+        force=True,
+    )

@@ -1,0 +1,5 @@
+"""Pre-training methods: one file per method (``methods/<key>.py``), registered in :data:`METHODS`."""
+
+from cxrbench.registry import Registry
+
+METHODS: Registry[type] = Registry("method", "cxrbench.methods")

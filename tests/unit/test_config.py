@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from cxrbench.config import build, config_hash, load_yaml, parse_overrides
+from cxrbench.errors import ConfigError
+
+
+@dataclass
+class Optim:
+    lr: float = 1e-3
+    name: str = "adamw"
+
+
+@dataclass
+class Schema:
+    epochs: int = 1
+    optim: Optim = field(default_factory=Optim)
+    tags: list[str] = field(default_factory=list)
+
+
+def test_layers_merge_in_order(tmp_path) -> None:
+    base = tmp_path / "base.yaml"
+    base.write_text("epochs: 5\noptim:\n  lr: 0.01\n")
+    cfg = build(Schema, [load_yaml(base), parse_overrides(["optim.lr=2e-4", "tags=[a,b]"])])
+    assert cfg == Schema(epochs=5, optim=Optim(lr=2e-4), tags=["a", "b"])
+
+
+def test_unknown_key_names_file_and_key(tmp_path) -> None:
+    bad = tmp_path / "method.yaml"
+    bad.write_text("epochs: 2\noptim:\n  lrr: 0.1\n")
+    with pytest.raises(ConfigError) as info:
+        build(Schema, [load_yaml(bad)])
+    assert info.value.file == str(bad)
+    assert info.value.key == "optim.lrr"
+    assert "unknown key" in str(info.value)
+
+
+def test_wrong_type_names_file_and_key(tmp_path) -> None:
+    bad = tmp_path / "task.yaml"
+    bad.write_text("epochs: many\n")
+    with pytest.raises(ConfigError) as info:
+        build(Schema, [load_yaml(bad)])
+    assert info.value.file == str(bad) and info.value.key == "epochs"
+
+
+def test_overrides_errors_name_the_flag() -> None:
+    with pytest.raises(ConfigError) as info:
+        build(Schema, [parse_overrides(["optim.momentum=0.9"])])
+    assert info.value.file == "--set" and info.value.key == "optim.momentum"
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_overrides(["epochs"])
+
+
+def test_missing_and_invalid_files(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_yaml(tmp_path / "nope.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("epochs: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_yaml(broken)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_yaml(listy)
+
+
+def test_config_hash_ignores_key_order_but_not_values() -> None:
+    a = build(Schema, [parse_overrides(["epochs=3", "optim.lr=0.1"])])
+    b = build(Schema, [parse_overrides(["optim.lr=0.1", "epochs=3"])])
+    c = build(Schema, [parse_overrides(["optim.lr=0.2", "epochs=3"])])
+    assert config_hash(a) == config_hash(b)
+    assert config_hash(a) != config_hash(c)
+    assert len(config_hash(a)) == 16
