@@ -1,4 +1,4 @@
-"""Shared fixtures: one thread per xdist worker; the synth-tiny corpus is made once per test session."""
+"""Shared fixtures: one thread per xdist worker; synth-tiny is made once per test session."""
 
 from __future__ import annotations
 

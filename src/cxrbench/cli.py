@@ -1,7 +1,7 @@
 """The ``cxrbench`` command line (also ``python -m cxrbench``).
 
-Sub-commands register themselves in :func:`build_parser`; every user error is a :class:`CxrbenchError` printed
-as one line (exit status 2), never a traceback.
+Sub-commands register themselves in :func:`build_parser`; every user error is a
+:class:`CxrbenchError` printed as one line (exit status 2), never a traceback.
 """
 
 from __future__ import annotations
@@ -57,8 +57,13 @@ def _list(kind: str) -> list[str]:
 def cmd_data_synth(args: argparse.Namespace) -> int:
     from cxrbench.synth import generate
 
-    summary = generate(Path(args.out), preset=args.preset, seed=args.seed, workers=args.workers,
-                       progress=not args.no_progress)
+    summary = generate(
+        Path(args.out),
+        preset=args.preset,
+        seed=args.seed,
+        workers=args.workers,
+        progress=not args.no_progress,
+    )
     _emit(json.dumps(summary, indent=2))
     return 0
 
@@ -90,8 +95,8 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cxrbench",
-        description="Pre-train chest X-ray vision-language methods and compare their encoders under one "
-        "protocol.",
+        description="Pre-train chest X-ray vision-language methods and compare their "
+        "encoders under one protocol.",
     )
     parser.add_argument("--version", action="version", version=f"cxrbench {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

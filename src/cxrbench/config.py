@@ -1,9 +1,10 @@
 """Configuration: OmegaConf YAML validated against dataclass schemas.
 
-A run config is the merge of layers (trainer preset, method, task, suite overrides, ``--set key=value``), each
-layer a YAML file or a dotlist. Layers are merged one at a time onto the structured schema, so an unknown key or a
-wrong type is reported as a :class:`ConfigError` naming the layer's file and the dotted key. No Hydra, no
-``_target_`` import paths: objects are built by registry name from the validated values.
+A run config is the merge of layers (trainer preset, method, task, suite overrides, ``--set
+key=value``), each layer a YAML file or a dotlist. Layers are merged one at a time onto the
+structured schema, so an unknown key or a wrong type is reported as a :class:`ConfigError` naming
+the layer's file and the dotted key. No Hydra, no ``_target_`` import paths: objects are built by
+registry name from the validated values.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class Layer:
 
 
 def load_yaml(path: str | Path) -> Layer:
-    """Read a YAML mapping; a missing file or a syntax error is a :class:`ConfigError` naming the file."""
+    """Read a YAML mapping; a missing file or bad syntax is a :class:`ConfigError` naming it."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(path, None, "file not found")
@@ -84,7 +85,9 @@ def build(schema: type[T], layers: Iterable[Layer]) -> T:
             raise _as_config_error(exc, layer.source) from None
     missing = sorted(OmegaConf.missing_keys(merged))
     if missing:
-        raise ConfigError(None, missing[0], "required value is missing (set it in a config or with --set)")
+        raise ConfigError(
+            None, missing[0], "required value is missing (set it in a config or with --set)"
+        )
     obj = OmegaConf.to_object(merged)
     assert isinstance(obj, schema)
     return obj

@@ -1,7 +1,7 @@
 """Errors that name the thing that is wrong.
 
-Every error a user can trigger with bad input derives from :class:`CxrbenchError`, so the CLI can print it
-as one clear message (and exit non-zero) instead of a traceback.
+Every error a user can trigger with bad input derives from :class:`CxrbenchError`, so the CLI can
+print it as one clear message (and exit non-zero) instead of a traceback.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ class DataFormatError(CxrbenchError):
     """A file on disk is not in the official format we expected.
 
     ``path`` is the offending file (or folder), ``line`` the 1-based line number for CSV/TXT files
-    (``None`` where lines do not apply), ``expected`` what the official format requires and ``got`` what
-    was found. Patient text is never put into ``got``: callers pass a description, not report content.
+    (``None`` where lines do not apply), ``expected`` what the official format requires and ``got``
+    what was found. Patient text is never put into ``got``: callers pass a description, not report
+    content.
     """
 
     def __init__(

@@ -1,9 +1,9 @@
 """Registries: exact-key lookup, did-you-mean errors, auto-discovery of a package folder.
 
-A method is the file ``methods/<key>.py`` and a task ``tasks/<key>.py``; each module registers itself with a
-decorator when imported. :meth:`Registry.discover` imports every module of the folder once, so adding a file is
-all it takes to add an entry (and installed plugins can register through the ``cxrbench.<kind>`` entry point
-group).
+A method is the file ``methods/<key>.py`` and a task ``tasks/<key>.py``; each module registers
+itself with a decorator when imported. :meth:`Registry.discover` imports every module of the folder
+once, so adding a file is all it takes to add an entry (and installed plugins can register through
+the ``cxrbench.<kind>`` entry point group).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """A name → object mapping with exact keys.
 
-    ``package`` (e.g. ``"cxrbench.methods"``) is the folder whose modules are imported on first lookup;
-    modules whose name starts with ``_`` or equals ``base`` are skipped.
+    ``package`` (e.g. ``"cxrbench.methods"``) is the folder whose modules are imported on first
+    lookup; modules whose name starts with ``_`` or equals ``base`` are skipped.
     """
 
     def __init__(self, kind: str, package: str | None = None) -> None:
@@ -51,7 +51,7 @@ class Registry(Generic[T]):
         self._entries[name] = obj
 
     def discover(self) -> None:
-        """Import every module of ``package`` and of the ``cxrbench.<kind>s`` entry-point group (once)."""
+        """Import every module of ``package`` and the ``cxrbench.<kind>s`` entry points, once."""
         if self._discovered:
             return
         self._discovered = True
@@ -65,7 +65,7 @@ class Registry(Generic[T]):
             ep.load()
 
     def get(self, name: str) -> T:
-        """Look ``name`` up exactly; an unknown name raises :class:`RegistryError` with suggestions."""
+        """Look ``name`` up exactly; unknown names raise :class:`RegistryError` with suggestions."""
         self.discover()
         try:
             return self._entries[name]
@@ -74,7 +74,9 @@ class Registry(Generic[T]):
         close = difflib.get_close_matches(name, list(self._entries), n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         known = ", ".join(sorted(self._entries)) or "(none)"
-        raise RegistryError(f"unknown {self.kind} {name!r}.{hint} Known {self.kind}s: {known}") from None
+        raise RegistryError(
+            f"unknown {self.kind} {name!r}.{hint} Known {self.kind}s: {known}"
+        ) from None
 
     def names(self) -> list[str]:
         self.discover()

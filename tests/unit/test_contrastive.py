@@ -1,4 +1,4 @@
-"""InfoNCE against a naive per-sample loop (value and gradient), and its DDP version against one process."""
+"""InfoNCE against a naive loop (value and gradient); its DDP version against one process."""
 
 from __future__ import annotations
 

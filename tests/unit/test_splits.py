@@ -1,4 +1,4 @@
-"""Splits: stratified, stored with hashes, stable under row order, nested fractions, clear errors."""
+"""Splits: stratified, hashed, stable under row order, nested fractions, clear errors."""
 
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def test_stored_files_are_verified_and_reused(tmp_path) -> None:
     assert (splits_dir(root) / "splits.json").stat().st_mtime_ns == stamp
     with (splits_dir(root) / "val.txt").open("a") as fh:
         fh.write("extra-id\n")
-    with pytest.raises(DataFormatError, match="val.txt.*sha256"):
+    with pytest.raises(DataFormatError, match=r"val\.txt.*sha256"):
         load_splits("rsna", root)
     assert make_splits("rsna", root, force=True) == first  # remade identically
 

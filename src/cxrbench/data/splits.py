@@ -4,27 +4,28 @@ Rules (PROTOCOLS.md §1, seed 42, stratified):
 
 | dataset | test | val | train |
 |---|---|---|---|
-| chexpert | official ``valid.csv`` (frontal) | ``min(5000, 15%)`` of frontal ``train.csv`` | the rest |
+| chexpert | official ``valid.csv`` (frontal) | ``min(5000, 15%)`` of frontal train | the rest |
 | rsna | 20% | 20% | 60% (MGCA's 16,010 / 5,337 / 5,337) |
 | siim | 15% | 15% | 70% (MGCA) |
 | objectcxr | official ``dev.csv`` | 10% of ``train.csv`` | 90% |
 | covidx | official ``test.txt`` | 20% of ``train.txt`` | 80% |
-| mimic | official ``test`` | official ``validate`` | official ``train`` (pre-training; no fractions) |
+| mimic | official ``test`` | official ``validate`` | official ``train`` (no fractions) |
 
-Strata: the positive class for binary datasets, the class for COVIDx, and for CheXpert the rarest competition class
-an image is positive for (``none`` otherwise). Ids are sorted before any random draw, so the same files in another
-row order give the same splits.
+Strata: the positive class for binary datasets, the class for COVIDx, and for CheXpert the rarest
+competition class an image is positive for (``none`` otherwise). Ids are sorted before any random
+draw, so the same files in another row order give the same splits.
 
-Label fractions are **nested**: the training ids are put once into a stratified systematic order (each stratum
-shuffled with its own generator, item ``r`` of a stratum of size ``n`` placed at key ``(r + 0.5) / n``) and a
-fraction ``f`` is the first ``round(f * N)`` ids of that order, so 1% ⊂ 10% ⊂ 100% and the subsets do not depend
-on the training seed. A fraction that leaves a class with no positive example is an error.
+Label fractions are **nested**: the training ids are put once into a stratified systematic order
+(each stratum shuffled with its own generator, item ``r`` of a stratum of size ``n`` placed at key
+``(r + 0.5) / n``) and a fraction ``f`` is the first ``round(f * N)`` ids of that order, so 1% ⊂ 10%
+⊂ 100% and the subsets do not depend on the training seed. A fraction that leaves a class with no
+positive example is an error.
 
-Everything is written to ``<dataset folder>/cxrbench-splits/``: ``train.txt``, ``val.txt``, ``test.txt``,
-``train_order.tsv`` (id, positive classes) and ``splits.json`` (counts, sha256 of each file, the split hash, and
-the fingerprint of what was read: the sorted ids with their strata and official parts). Stored splits are reused
-while the official files give the same fingerprint; if they change (a different download), loading is refused
-until the splits are remade with ``--force``.
+Everything is written to ``<dataset folder>/cxrbench-splits/``: ``train.txt``, ``val.txt``,
+``test.txt``, ``train_order.tsv`` (id, positive classes) and ``splits.json`` (counts, sha256 of each
+file, the split hash, and the fingerprint of what was read: the sorted ids with their strata and
+official parts). Stored splits are reused while the official files give the same fingerprint; if
+they change (a different download), loading is refused until the splits are remade with ``--force``.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ STANDARD_FRACTIONS = (0.01, 0.1, 1.0)
 
 @dataclass(frozen=True)
 class Item:
-    """One splittable example: its id, stratum, positive class names and fixed part (official test)."""
+    """One splittable example: id, stratum, positive class names, fixed part (official test)."""
 
     id: str
     stratum: str
@@ -111,15 +112,19 @@ def _chexpert_rule(root: Path) -> Rule:
     index = chexpert.read(root)
     frontal = [r for r in index.images if r.frontal]
     names = tuple(chexpert.COMPETITION_CLASSES)
-    labels = {r.path: tuple(n for n, v in zip(names, r.competition_labels(), strict=True) if v > 0.5)
-              for r in frontal}
+    labels = {
+        r.path: tuple(n for n, v in zip(names, r.competition_labels(), strict=True) if v > 0.5)
+        for r in frontal
+    }
     prevalence = Counter(c for cs in labels.values() for c in cs)
 
     def stratum(classes: tuple[str, ...]) -> str:
         return min(classes, key=lambda c: (prevalence[c], c)) if classes else "none"
 
     items = tuple(
-        Item(r.path, stratum(labels[r.path]), labels[r.path], "test" if r.split == "valid" else None)
+        Item(
+            r.path, stratum(labels[r.path]), labels[r.path], "test" if r.split == "valid" else None
+        )
         for r in frontal
     )
     return Rule(items, 0.15, 0.0, 5000, names)
@@ -130,15 +135,21 @@ def _binary_rule(key: str, root: Path, val: float, test: float) -> Rule:
     items = []
     for r in index.images:
         positive = bool(r.target) if key == "rsna" else bool(r.rles)
-        items.append(Item(_record_id(key, r), str(int(positive)), ("positive",) if positive else ()))
+        items.append(
+            Item(_record_id(key, r), str(int(positive)), ("positive",) if positive else ())
+        )
     return Rule(tuple(items), val, test, None, ("positive",))
 
 
 def _objectcxr_rule(root: Path) -> Rule:
     index = formats.READERS["objectcxr"].read(root)
     items = tuple(
-        Item(r.image_name, str(int(bool(r.objects))), ("object",) if r.objects else (),
-             "test" if r.split == "dev" else None)
+        Item(
+            r.image_name,
+            str(int(bool(r.objects))),
+            ("object",) if r.objects else (),
+            "test" if r.split == "dev" else None,
+        )
         for r in index.images
     )
     return Rule(items, 0.1, 0.0, None, ("object",))
@@ -178,7 +189,9 @@ def _rule(dataset: str, root: Path) -> Rule:
         return _covidx_rule(root)
     if dataset == "mimic":
         return _mimic_rule(root)
-    raise CxrbenchError(f"no split rule for dataset {dataset!r}; known: {', '.join(formats.READERS)}")
+    raise CxrbenchError(
+        f"no split rule for dataset {dataset!r}; known: {', '.join(formats.READERS)}"
+    )
 
 
 # ----------------------------------------------------------------------------------- the algorithm
@@ -291,7 +304,9 @@ def load_splits(dataset: str, root: Path) -> Splits:
     meta_path = directory / "splits.json"
     if not meta_path.is_file():
         raise DataFormatError(
-            meta_path, "stored splits", "no splits.json",
+            meta_path,
+            "stored splits",
+            "no splits.json",
             hint=f"make them with: cxrbench data splits --dataset {dataset} --root {root}",
         )
     meta = json.loads(meta_path.read_text())
@@ -300,7 +315,8 @@ def load_splits(dataset: str, root: Path) -> Splits:
     for name, digest in meta["sha256"].items():
         if sha256_file(directory / name) != digest:
             raise DataFormatError(
-                directory / name, f"sha256 {digest[:12]}... recorded in splits.json",
+                directory / name,
+                f"sha256 {digest[:12]}... recorded in splits.json",
                 "different contents (edited or corrupted)",
                 hint="remake the splits with cxrbench data splits --force",
             )
@@ -323,4 +339,3 @@ def load_splits(dataset: str, root: Path) -> Splits:
 
 def _read_lines(path: Path) -> list[str]:
     return [line for line in path.read_text().splitlines() if line]
-

@@ -1,8 +1,8 @@
 """Distributed helpers that are no-ops in a single process.
 
-``gather_with_grad`` concatenates a tensor from every rank along dim 0 and lets gradients flow back to each rank's
-own slice (``torch.distributed.nn.functional.all_gather``), so a loss over the global batch has the same value and
-gradient as in one process holding the whole batch.
+``gather_with_grad`` concatenates a tensor from every rank along dim 0 and lets gradients flow back
+to each rank's own slice (``torch.distributed.nn.functional.all_gather``), so a loss over the global
+batch has the same value and gradient as in one process holding the whole batch.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Pre-training methods: one file per method (``methods/<key>.py``), registered in :data:`METHODS`."""
+"""Pre-training methods: one file per method (``methods/<key>.py``), registered in METHODS."""
 
 from cxrbench.registry import Registry
 

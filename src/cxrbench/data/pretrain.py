@@ -1,0 +1,75 @@
+"""Image–report pairs for pre-training, from a MIMIC-CXR-JPG layout folder (real or SynthCXR).
+
+Pairs are the frontal images (PA/AP) whose MGCA-cleaned impression + findings text is non-empty
+(``formats.mimic.pairs``); the official ``train`` split trains, ``validate`` + ``test`` validate
+(MGCA merges them). A batch is ``{"image": (B, 3, S, S) float, "text": list[str], "study_id":
+list[str]}``; tokenisation belongs to the method's text encoder, so this module knows nothing about
+any method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from cxrbench.data.codecs import read_image
+from cxrbench.data.formats import mimic
+from cxrbench.data.transforms import mgca_image
+from cxrbench.errors import DataFormatError
+
+TRAIN_SPLITS = {"train": ("train",), "val": ("validate", "test")}
+
+
+@dataclass(frozen=True)
+class Pair:
+    image_path: Path
+    text: str
+    study_id: str
+
+
+def load_pairs(mimic_root: Path, split: str, limit: int | None = None) -> list[Pair]:
+    """The usable pairs of ``split`` (``train`` or ``val``); none is an error naming the folder."""
+    if split not in TRAIN_SPLITS:
+        raise ValueError(f"split must be one of {tuple(TRAIN_SPLITS)}, got {split!r}")
+    index = mimic.read(Path(mimic_root))
+    wanted = TRAIN_SPLITS[split]
+    chosen = [(img, text) for img, text in mimic.pairs(index) if img.split in wanted]
+    if not chosen:
+        raise DataFormatError(
+            mimic_root,
+            f"at least one frontal (PA/AP) image with a non-empty findings/impression report "
+            f"in the "
+            f"official {'/'.join(wanted)} split",
+            "no usable image-report pairs",
+        )
+    pairs = [Pair(img.image_path, text, img.study_id) for img, text in chosen]
+    return pairs[:limit] if limit else pairs
+
+
+class PairDataset(Dataset[dict[str, Any]]):
+    """Decoded, resized, cropped image + its report text."""
+
+    def __init__(self, pairs: list[Pair], resize: int, crop: int, *, train: bool) -> None:
+        self.pairs = pairs
+        self.resize, self.crop, self.train = resize, crop, train
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        pair = self.pairs[i]
+        image = mgca_image(read_image(pair.image_path), self.resize, self.crop, train=self.train)
+        return {"image": image, "text": pair.text, "study_id": pair.study_id}
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack tensors, keep strings as lists."""
+    out: dict[str, Any] = {}
+    for key in items[0]:
+        values = [item[key] for item in items]
+        out[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
+    return out

@@ -1,0 +1,132 @@
+"""Contract 1: a pre-training method.
+
+A method is an ``nn.Module`` built from its validated config; it owns its encoders and heads and
+returns **named loss terms** from :meth:`PretrainMethod.losses`. The pre-training system
+(``systems/pretrain.py``) weights, sums, logs and optimises them; the method never sees an
+optimiser, a logger or Lightning. :meth:`image_encoder` returns the backbone that is exported as the
+encoder artifact (contract 2).
+
+Adding a method = ``methods/<key>.py`` (a subclass registered with ``@METHODS.register("<key>")``, a
+docstring naming the paper, what is implemented and every deviation) +
+``configs/method/<key>.yaml``. Nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from omegaconf import MISSING
+from torch import nn
+
+if TYPE_CHECKING:
+    from cxrbench.models.backbones import Backbone
+    from cxrbench.models.text import TextEncoder
+
+
+@dataclass
+class NoParams:
+    """Method parameters of a method that has none."""
+
+
+@dataclass
+class BackboneSpec:
+    name: str = "resnet50"
+    weights: str | None = None  # None (random), "imagenet", or a local weights file
+    upsample_to: int | None = None  # MGCA/GLoRIA feed ResNet-50 a 299-px upsampled input
+    tokens_from: str = "c4"
+
+
+@dataclass
+class TextSpec:
+    model: str = "auto"  # a local Hugging Face directory, or "auto": the corpus-trained BERT
+    freeze: str = "none"  # "none", "all" or the number of lower layers to freeze
+    max_length: int = 112
+    layers: str = "last"  # "last" or "last4_sum" (GLoRIA)
+
+
+@dataclass
+class OptimSpec:
+    lr: float = 2e-5
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup: float = 0.4  # fraction of the optimisation steps spent in linear warm-up (MGCA: 40%)
+    min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
+    grad_clip: float | None = 1.0
+
+
+@dataclass
+class DataSpec:
+    resize: int = 256  # long side resized to this, zero-padded square (MGCA resize_img)
+    crop: int = 224  # random crop for training, centre crop for validation
+    batch_size: int = 72
+    workers: int = 4
+    limit_pairs: int | None = None  # use only the first N training pairs (quick runs)
+
+
+@dataclass
+class TrainerSpec:
+    accelerator: str = "auto"  # cpu | gpu | auto
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"  # auto | ddp
+    precision: str = "32-true"  # bf16-mixed on GPUs
+    max_epochs: int = 50
+    max_steps: int = -1
+    log_every: int = 10
+    val_every: int = 1  # validate every N epochs
+    deterministic: bool = False
+    channels_last: bool = False
+    progress: bool = True
+
+
+@dataclass
+class PretrainConfig:
+    """A pre-training run: the merge of preset, method YAML and ``--set`` overrides."""
+
+    method: str = MISSING
+    seed: int = 0
+    backbone: BackboneSpec = field(default_factory=BackboneSpec)
+    text: TextSpec = field(default_factory=TextSpec)
+    optim: OptimSpec = field(default_factory=OptimSpec)
+    data: DataSpec = field(default_factory=DataSpec)
+    trainer: TrainerSpec = field(default_factory=TrainerSpec)
+    loss_weights: dict[str, float] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)  # validated against the method's Config
+
+
+class PretrainMethod(nn.Module):
+    """Base class of every pre-training method (see the module docstring)."""
+
+    #: dataclass of the method's own parameters (``params:`` in its YAML)
+    Config: ClassVar[type] = NoParams
+    #: whether the method needs the text encoder (paired reports)
+    needs_text: ClassVar[bool] = True
+    #: whether there is anything to optimise (``random_init``/``imagenet`` only export)
+    trains: ClassVar[bool] = True
+
+    def __init__(
+        self, params: Any, backbone: Backbone, text: TextEncoder | None, run: PretrainConfig
+    ):
+        super().__init__()
+        self.params = params
+        self.backbone = backbone
+        self.text = text
+        self.run = run
+
+    def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Named scalar loss terms for a batch (``image``: (B, 3, H, W), ``text``: list of str)."""
+        raise NotImplementedError
+
+    def image_encoder(self) -> Backbone:
+        """The module exported as the encoder artifact."""
+        return self.backbone
+
+    def on_train_step_start(self, step: int, epoch: int) -> None:
+        """Per-step state (prototype normalisation, freezing schedules, queues)."""
+
+    def train_dataset(self, data_root: Path, split: str) -> torch.utils.data.Dataset | None:
+        """A method that does not learn from image–report pairs returns its own dataset here."""
+        return None
