@@ -1,0 +1,166 @@
+"""The encoder artifact (contract 2): ``encoder.safetensors`` + ``encoder.json``.
+
+It is the only thing downstream tasks see. ``encoder.safetensors`` holds the backbone's state dict
+(contiguous CPU tensors, no pickle). ``encoder.json`` holds what is needed to rebuild and trust it:
+``format_version``, ``backbone``, ``backbone_config`` (the options of
+:func:`~cxrbench.models.backbones.build_backbone`), ``feature_dims``, ``strides``, ``token_grid``,
+``normalization``, ``input_size``, ``method``, ``config_hash``, ``sha256`` (of the safetensors
+file), ``parameters``, ``cxrbench_version`` and ``extra`` (free-form: pre-train seed, wall time,
+...).
+
+Both files are written atomically (temp file + ``os.replace``), the JSON last, so a directory with
+an ``encoder.json`` always holds the complete weights it describes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+
+from cxrbench import __version__
+from cxrbench.errors import CxrbenchError
+from cxrbench.models.backbones import (
+    NORMALIZATION,
+    Backbone,
+    build_backbone,
+    load_state_dict_strict,
+)
+from cxrbench.utils.io import atomic_write_bytes, atomic_write_text, sha256_file
+
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "encoder.safetensors"
+META_FILE = "encoder.json"
+REQUIRED_KEYS = (
+    "format_version",
+    "backbone",
+    "backbone_config",
+    "feature_dims",
+    "strides",
+    "normalization",
+    "input_size",
+    "method",
+    "config_hash",
+    "sha256",
+    "parameters",
+    "cxrbench_version",
+)
+
+
+class ArtifactError(CxrbenchError):
+    """An encoder artifact is missing, incomplete, tampered with or does not fit its backbone."""
+
+
+def export_encoder(
+    backbone: Backbone,
+    out_dir: Path,
+    *,
+    method: str,
+    config_hash: str,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``backbone`` as an encoder artifact into ``out_dir`` (created if needed).
+
+    Returns ``out_dir``. ``extra`` must be JSON-serialisable (pre-train seed, wall time, ...).
+    """
+    out_dir = Path(out_dir)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in backbone.state_dict().items()}
+    weights = out_dir / WEIGHTS_FILE
+    atomic_write_bytes(weights, safetensors.torch.save(state, metadata={"format": "pt"}))
+    meta: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "backbone": backbone.name,
+        "backbone_config": dict(backbone.config),
+        "feature_dims": dict(backbone.feature_dims),
+        "strides": dict(backbone.strides),
+        "token_grid": list(backbone.token_grid),
+        "normalization": {k: list(v) for k, v in NORMALIZATION.items()},
+        "input_size": backbone.input_size,
+        "method": method,
+        "config_hash": config_hash,
+        "sha256": sha256_file(weights),
+        "parameters": sum(p.numel() for p in backbone.parameters()),
+        "cxrbench_version": __version__,
+        "extra": dict(extra or {}),
+    }
+    try:
+        text = json.dumps(meta, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    except (TypeError, ValueError) as err:
+        raise ArtifactError(f"{out_dir / META_FILE}: metadata is not JSON: {err}") from err
+    atomic_write_text(out_dir / META_FILE, text)
+    return out_dir
+
+
+def read_meta(out_dir: Path) -> dict[str, Any]:
+    """Read and check ``encoder.json``: present, valid JSON, required keys, known format version."""
+    path = Path(out_dir) / META_FILE
+    if not path.is_file():
+        raise ArtifactError(
+            f"no encoder artifact in {out_dir}: {META_FILE} is missing (export_encoder writes it "
+            "last, so an interrupted export leaves none; re-run the pre-training or the export)"
+        )
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ArtifactError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(meta, dict):
+        raise ArtifactError(f"{path}: expected a JSON object, got {type(meta).__name__}")
+    missing = [k for k in REQUIRED_KEYS if k not in meta]
+    if missing:
+        raise ArtifactError(f"{path} lacks the keys {', '.join(missing)}")
+    if not isinstance(meta["format_version"], int) or meta["format_version"] > FORMAT_VERSION:
+        raise ArtifactError(
+            f"{path}: format_version {meta['format_version']!r} is not supported by cxrbench "
+            f"{__version__} (supports ≤ {FORMAT_VERSION}); upgrade cxrbench"
+        )
+    return meta
+
+
+def encoder_sha256(out_dir: Path) -> str:
+    """The recorded sha256 of ``encoder.safetensors``, the artifact's identity (not re-hashed)."""
+    return str(read_meta(out_dir)["sha256"])
+
+
+def verify_encoder(out_dir: Path, meta: dict[str, Any] | None = None) -> None:
+    """Check that ``encoder.safetensors`` exists and hashes to the digest in ``encoder.json``."""
+    meta = read_meta(out_dir) if meta is None else meta
+    weights = Path(out_dir) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ArtifactError(f"{weights} is missing although {Path(out_dir) / META_FILE} exists")
+    actual = sha256_file(weights)
+    if actual != meta["sha256"]:
+        raise ArtifactError(
+            f"{weights} does not match its record: sha256 recorded {meta['sha256']}, "
+            f"actual {actual} (the file was modified or corrupted after export)"
+        )
+
+
+def load_encoder(out_dir: Path, *, verify: bool = True) -> tuple[Backbone, dict[str, Any]]:
+    """Rebuild the backbone from ``encoder.json`` and load its weights strictly: (backbone, meta).
+
+    With ``verify`` (the default) the sha256 of the weights file is checked first. The backbone
+    comes back as ``build_backbone`` makes it (train mode, gradients on); tasks call ``freeze``
+    where their protocol freezes the encoder.
+    """
+    out_dir = Path(out_dir)
+    meta = read_meta(out_dir)
+    weights = out_dir / WEIGHTS_FILE
+    if verify:
+        verify_encoder(out_dir, meta)
+    elif not weights.is_file():
+        raise ArtifactError(f"{weights} is missing although {out_dir / META_FILE} exists")
+    config = dict(meta["backbone_config"])
+    name, image_size = config.pop("name"), config.pop("image_size")
+    backbone = build_backbone(name, image_size=image_size, **config)
+    if backbone.feature_dims != meta["feature_dims"]:
+        raise ArtifactError(
+            f"{out_dir / META_FILE}: feature_dims {meta['feature_dims']} differ from the rebuilt "
+            f"{name!r} backbone's {backbone.feature_dims}"
+        )
+    state = safetensors.torch.load_file(str(weights), device="cpu")
+    with torch.no_grad():
+        load_state_dict_strict(backbone, state, source=str(weights))
+    return backbone, meta
