@@ -11,6 +11,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from cxrbench import __version__
 from cxrbench.errors import CxrbenchError
@@ -92,6 +93,67 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from cxrbench.runner.pretrain import default_run_dir, load_config, run_pretrain
+
+    overrides = list(args.set or [])
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    if args.no_progress:
+        overrides.append("trainer.progress=false")
+    job = load_config(args.method, args.preset, overrides)
+    run_dir = default_run_dir(job, Path(args.out) if args.out else None)
+    artifact = run_pretrain(job, Path(args.data_root), run_dir)
+    _emit(str(artifact))
+    return 0
+
+
+def cmd_pretrain_text(args: argparse.Namespace) -> int:
+    from cxrbench.models.text_pretrain import pretrain_text
+
+    summary = pretrain_text(Path(args.root), Path(args.out) if args.out else None,
+                            preset=args.preset, seed=args.seed, force=args.force,
+                            progress=not args.no_progress)  # fmt: skip
+    _emit(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from cxrbench.runner.pretrain import export_checkpoint
+
+    artifact = export_checkpoint(Path(args.run), Path(args.ckpt) if args.ckpt else None,
+                                 Path(args.out) if args.out else None)  # fmt: skip
+    _emit(str(artifact))
+    return 0
+
+
+def _add_pretrain(sub: Any) -> None:
+    p = sub.add_parser("pretrain", help="pre-train a method and export its encoder artifact")
+    p.add_argument("--method", required=True, help="a registered method (cxrbench ls methods)")
+    p.add_argument("--data-root", required=True, help="data root holding mimic-cxr-jpg/")
+    p.add_argument("--preset", default="small", choices=("tiny", "small", "paper"))
+    p.add_argument("--seed", type=int, default=None, help="pre-training seed (default 0)")
+    p.add_argument("--out", default=None, help="runs folder (default results/runs/pretrain)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_pretrain)
+
+    t = sub.add_parser("pretrain-text", help="train the small corpus BERT (no downloads)")
+    t.add_argument("--root", required=True, help="data root holding mimic-cxr-jpg/ (or it)")
+    t.add_argument("--out", default=None, help="model folder (default next to the corpus)")
+    t.add_argument("--preset", default="small", choices=("tiny", "small", "paper"))
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--force", action="store_true", help="retrain over an existing model")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=cmd_pretrain_text)
+
+    e = sub.add_parser("export", help="export the encoder artifact of a pre-training run")
+    e.add_argument("--run", required=True, help="the pre-training run folder")
+    e.add_argument("--ckpt", default=None, help="checkpoint (default checkpoints/last.ckpt)")
+    e.add_argument("--out", default=None, help="artifact folder (default RUN/encoder)")
+    e.set_defaults(func=cmd_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cxrbench",
@@ -126,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--dataset", required=True, choices=DATASET_KEYS)
     inspect.add_argument("--root", required=True, help="the dataset's own folder")
     inspect.set_defaults(func=cmd_data_inspect)
+    _add_pretrain(sub)
     return parser
 
 

@@ -29,3 +29,20 @@ def setup_logging(verbose: bool = False) -> None:
         handlers=[handler],
         force=True,
     )
+    quiet_libraries()
+
+
+def quiet_libraries() -> None:
+    """Keep Lightning's and transformers' chatter (tips, device banners, load bars) out of runs."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning", "pytorch_lightning"):
+        lib = logging.getLogger(name)
+        lib.handlers.clear()
+        lib.setLevel(logging.WARNING)
+        lib.propagate = True
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass

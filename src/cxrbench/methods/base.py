@@ -45,6 +45,7 @@ class TextSpec:
     freeze: str = "none"  # "none", "all" or the number of lower layers to freeze
     max_length: int = 112
     layers: str = "last"  # "last" or "last4_sum" (GLoRIA)
+    dropout: float | None = None  # override every dropout rate of the text model (None: its own)
 
 
 @dataclass

@@ -34,3 +34,18 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint with ``weights_only=True`` (no code unpickled); clear error if absent."""
+    import torch
+
+    from cxrbench.errors import CxrbenchError
+
+    path = Path(path)
+    if not path.is_file():
+        raise CxrbenchError(f"{path}: checkpoint not found")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise CxrbenchError(f"{path}: expected a checkpoint dictionary, got {type(state).__name__}")
+    return state

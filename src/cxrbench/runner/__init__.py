@@ -1,0 +1,1 @@
+"""Planning and executing jobs (pre-training, transfer), with provenance."""

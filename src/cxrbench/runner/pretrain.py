@@ -1,0 +1,280 @@
+"""One pre-training job: config → method → Lightning fit → encoder artifact.
+
+The run config is ``merge(schema defaults, configs/method/<m>.yaml, configs/trainer/<preset>.yaml,
+--set overrides)``: the method file sets the method's own parameters, the preset sets sizes and
+schedule (backbone, image size, batch, epochs, device). The run directory holds ``config.yaml``
+(resolved), ``checkpoints/last.ckpt`` (resume point), ``logs/`` and ``encoder/`` (the artifact);
+the artifact is written last, so its presence means the run finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import OmegaConf
+
+from cxrbench.config import (
+    Layer,
+    build,
+    config_hash,
+    load_yaml,
+    packaged_config,
+    parse_overrides,
+    to_plain,
+)
+from cxrbench.data.formats import mimic
+from cxrbench.errors import ConfigError, CxrbenchError
+from cxrbench.log import quiet_libraries
+from cxrbench.methods import METHODS
+from cxrbench.methods.base import PretrainConfig, PretrainMethod
+from cxrbench.models.artifact import META_FILE, export_encoder
+from cxrbench.models.backbones import build_backbone
+from cxrbench.utils.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+#: keys that do not change what is learned (left out of the config hash)
+NON_RESULT_KEYS = ("data.workers", "trainer.progress", "trainer.log_every")
+
+
+@dataclass(frozen=True)
+class PretrainJob:
+    cfg: PretrainConfig
+    params: Any  # the method's validated Config instance
+    preset: str
+    config_hash: str
+
+
+def load_config(
+    method: str, preset: str = "small", overrides: list[str] | None = None
+) -> PretrainJob:
+    """Validate the layered config of ``method`` under ``preset`` (errors name file and key)."""
+    cls = METHODS.get(method)
+    layers = [
+        Layer("<defaults>", OmegaConf.create({"method": method})),
+        load_yaml(packaged_config("method", method)),
+        load_yaml(packaged_config("trainer", preset)),
+        parse_overrides(overrides or []),
+    ]
+    for layer in layers[1:]:
+        if "method" in layer.values and layer.values["method"] != method:
+            raise ConfigError(layer.source, "method", "cannot change the method to another one")
+    cfg = build(PretrainConfig, layers)
+    params = build(cls.Config, [Layer(x.source, x.values.get("params", {})) for x in layers])
+    cfg.params = to_plain(params)
+    return PretrainJob(cfg, params, preset, hash_config(cfg))
+
+
+def hash_config(cfg: PretrainConfig) -> str:
+    plain = to_plain(cfg)
+    for dotted in NON_RESULT_KEYS:
+        head, _, tail = dotted.partition(".")
+        plain.get(head, {}).pop(tail, None)
+    return config_hash(plain)
+
+
+def resolve_text_model(job: PretrainJob, mimic_root: Path, progress: bool) -> Path | None:
+    """The text model folder: the configured path, or the corpus-trained BERT for ``auto``."""
+    if not METHODS.get(job.cfg.method).needs_text:
+        return None
+    if job.cfg.text.model != "auto":
+        return Path(job.cfg.text.model)
+    from cxrbench.models.text_pretrain import pretrain_text
+
+    text_preset = "tiny" if job.preset == "tiny" else "small"
+    summary = pretrain_text(mimic_root, preset=text_preset, seed=0, progress=progress)
+    return Path(summary["path"])
+
+
+def build_method(job: PretrainJob, text_path: Path | None) -> PretrainMethod:
+    """Instantiate backbone, text encoder and method (seeded by the caller)."""
+    cfg = job.cfg
+    cls = METHODS.get(cfg.method)
+    b = cfg.backbone
+    options: dict[str, Any] = {"tokens_from": b.tokens_from}
+    if b.upsample_to is not None:
+        options["upsample_to"] = b.upsample_to
+    backbone = build_backbone(b.name, weights=b.weights, image_size=cfg.data.crop, **options)
+    text = None
+    if text_path is not None:
+        from cxrbench.models.text import TextEncoder
+
+        freeze: str | int = int(cfg.text.freeze) if cfg.text.freeze.isdigit() else cfg.text.freeze
+        text = TextEncoder.from_pretrained(
+            text_path, freeze=freeze, max_length=cfg.text.max_length, layers=cfg.text.layers
+        )
+        if cfg.text.dropout is not None:
+            for module in text.modules():
+                if isinstance(module, torch.nn.Dropout):
+                    module.p = cfg.text.dropout
+    method: PretrainMethod = cls(job.params, backbone, text, cfg)
+    return method
+
+
+def mimic_root_of(data_root: Path) -> Path:
+    root = Path(data_root)
+    return root / mimic.FOLDER if (root / mimic.FOLDER).is_dir() else root
+
+
+def _loaders(job: PretrainJob, method: PretrainMethod, mimic_root: Path) -> tuple[Any, Any, int]:
+    from torch.utils.data import DataLoader
+
+    from cxrbench.data.pretrain import PairDataset, collate, load_pairs
+
+    d = job.cfg.data
+    datasets = {}
+    for split in ("train", "val"):
+        own = method.train_dataset(mimic_root.parent, split)
+        if own is None:
+            pairs = load_pairs(mimic_root, split, d.limit_pairs if split == "train" else None)
+            own = PairDataset(pairs, d.resize, d.crop, train=split == "train")
+        datasets[split] = own
+    n_train = len(datasets["train"])  # type: ignore[arg-type]
+    common: dict[str, Any] = {
+        "batch_size": d.batch_size,
+        "num_workers": d.workers,
+        "collate_fn": collate,
+        "persistent_workers": d.workers > 0,
+    }
+    train = DataLoader(datasets["train"], shuffle=True, drop_last=n_train > d.batch_size, **common)
+    val = DataLoader(datasets["val"], shuffle=False, **common)
+    return train, val, n_train
+
+
+def _trainer(job: PretrainJob, run_dir: Path) -> L.Trainer:
+    from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+    from lightning.pytorch.loggers import CSVLogger
+
+    quiet_libraries()  # Lightning installs its own handlers when first imported
+    t = job.cfg.trainer
+    callbacks: list[Any] = [
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0),
+    ]
+    if t.progress:
+        callbacks.append(RichProgressBar(leave=True))
+    return L.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=t.precision,  # type: ignore[arg-type]
+        max_epochs=t.max_epochs,
+        max_steps=t.max_steps,
+        gradient_clip_val=job.cfg.optim.grad_clip,
+        log_every_n_steps=t.log_every,
+        check_val_every_n_epoch=t.val_every,
+        deterministic=t.deterministic,
+        default_root_dir=run_dir,
+        logger=CSVLogger(run_dir, name="logs", version=""),
+        callbacks=callbacks,
+        enable_progress_bar=t.progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+
+
+def run_pretrain(job: PretrainJob, data_root: Path, run_dir: Path) -> Path:
+    """Pre-train (resuming from ``last.ckpt`` when present) and export the encoder artifact.
+
+    Returns the artifact folder ``run_dir/encoder``. A finished run (artifact present with the
+    same config hash) is returned as is.
+    """
+    from cxrbench.systems.pretrain import PretrainSystem
+
+    run_dir = Path(run_dir)
+    artifact = run_dir / "encoder"
+    _check_run_dir(run_dir, job)
+    if (artifact / META_FILE).is_file():
+        log.info("encoder artifact already exists: %s", artifact)
+        return artifact
+    mimic_root = mimic_root_of(data_root)
+    cls = METHODS.get(job.cfg.method)
+    text_path = resolve_text_model(job, mimic_root, job.cfg.trainer.progress)
+    if text_path is not None:
+        atomic_write_text(run_dir / "text_model.txt", f"{text_path.resolve()}\n")
+    L.seed_everything(job.cfg.seed, workers=True, verbose=False)
+    method = build_method(job, text_path)
+    method.train()  # HF models load in eval mode; frozen parts keep eval through their train()
+    start = time.perf_counter()
+    stats: dict[str, Any] = {"pretrain_seed": job.cfg.seed, "preset": job.preset}
+    if cls.trains:
+        trainer = _trainer(job, run_dir)
+        train, val, n_train = _loaders(job, method, mimic_root)
+        system = PretrainSystem(method, job.cfg)
+        last = run_dir / "checkpoints" / "last.ckpt"
+        trainer.fit(system, train, val, ckpt_path=last if last.is_file() else None,
+                    weights_only=True)  # fmt: skip
+        stats.update(train_examples=n_train, steps=trainer.global_step,
+                     epochs=trainer.current_epoch)  # fmt: skip
+        if not trainer.is_global_zero:
+            return artifact
+    stats["wall_seconds"] = round(time.perf_counter() - start, 2)
+    export_encoder(method.image_encoder(), artifact, method=job.cfg.method,
+                   config_hash=job.config_hash, extra=stats)  # fmt: skip
+    log.info("exported %s encoder to %s (%.1f s)", job.cfg.method, artifact, stats["wall_seconds"])
+    return artifact
+
+
+def _check_run_dir(run_dir: Path, job: PretrainJob) -> None:
+    """Write the resolved config; refuse a run folder made with another config."""
+    path = run_dir / "config.yaml"
+    text = OmegaConf.to_yaml(OmegaConf.create(
+        {"config_hash": job.config_hash, "preset": job.preset, **to_plain(job.cfg)}
+    ))  # fmt: skip
+    if path.is_file():
+        stored = OmegaConf.load(path).get("config_hash")
+        if stored != job.config_hash:
+            raise CxrbenchError(
+                f"{run_dir}: holds a run with config hash {stored}, but this run's hash is "
+                f"{job.config_hash}; use another --out or delete the folder"
+            )
+        return
+    atomic_write_text(path, text)
+
+
+def default_run_dir(job: PretrainJob, out: Path | None = None) -> Path:
+    base = Path(out) if out is not None else Path("results/runs/pretrain")
+    return base / job.preset / job.cfg.method / f"s{job.cfg.seed}"
+
+
+def export_checkpoint(run_dir: Path, ckpt: Path | None = None, out: Path | None = None) -> Path:
+    """Export the encoder of a (possibly unfinished) run from a Lightning checkpoint."""
+    from cxrbench.utils.io import load_checkpoint
+
+    run_dir = Path(run_dir)
+    stored = load_yaml(run_dir / "config.yaml").values
+    preset = str(stored.pop("preset"))
+    stored.pop("config_hash")
+    job_cfg = build(PretrainConfig, [Layer(str(run_dir / "config.yaml"), stored)])
+    job = PretrainJob(job_cfg, build(METHODS.get(job_cfg.method).Config,
+                                     [Layer("config.yaml", stored.get("params", {}))]),
+                      preset, hash_config(job_cfg))  # fmt: skip
+    ckpt = ckpt or run_dir / "checkpoints" / "last.ckpt"
+    state = load_checkpoint(ckpt)["state_dict"]
+    method = build_method(job, _text_path_for_export(job, run_dir))
+    prefix = "method."
+    method.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+    target = Path(out) if out is not None else run_dir / "encoder"
+    extra = {"pretrain_seed": job.cfg.seed, "checkpoint": str(ckpt)}
+    return export_encoder(
+        method.image_encoder(),
+        target,
+        method=job.cfg.method,
+        config_hash=job.config_hash,
+        extra=extra,
+    )
+
+
+def _text_path_for_export(job: PretrainJob, run_dir: Path) -> Path | None:
+    text_file = run_dir / "text_model.txt"
+    if not METHODS.get(job.cfg.method).needs_text:
+        return None
+    if not text_file.is_file():
+        raise CxrbenchError(f"{run_dir}: no text_model.txt; is this a pre-training run folder?")
+    return Path(text_file.read_text().strip())

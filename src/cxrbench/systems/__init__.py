@@ -1,0 +1,1 @@
+"""The only LightningModules: one system per job kind (pre-training, classification, ...)."""
