@@ -81,6 +81,7 @@ class TrainerSpec:
     deterministic: bool = False
     channels_last: bool = False
     progress: bool = True
+    checkpoint_every: int = 0  # also save last.ckpt every N steps (0: at epoch ends only)
 
 
 @dataclass

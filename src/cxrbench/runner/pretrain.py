@@ -35,12 +35,17 @@ from cxrbench.methods import METHODS
 from cxrbench.methods.base import PretrainConfig, PretrainMethod
 from cxrbench.models.artifact import META_FILE, export_encoder
 from cxrbench.models.backbones import build_backbone
-from cxrbench.utils.io import atomic_write_text
+from cxrbench.utils.io import atomic_write_text, load_checkpoint
 
 log = logging.getLogger(__name__)
 
 #: keys that do not change what is learned (left out of the config hash)
-NON_RESULT_KEYS = ("data.workers", "trainer.progress", "trainer.log_every")
+NON_RESULT_KEYS = (
+    "data.workers",
+    "trainer.progress",
+    "trainer.log_every",
+    "trainer.checkpoint_every",
+)
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,8 @@ def build_method(job: PretrainJob, text_path: Path | None) -> PretrainMethod:
         text = TextEncoder.from_pretrained(
             text_path, freeze=freeze, max_length=cfg.text.max_length, layers=cfg.text.layers
         )
+        if getattr(text.model, "pooler", None) is not None:
+            text.model.pooler = None  # unused (we take [CLS]); unused parameters break DDP
         if cfg.text.dropout is not None:
             for module in text.modules():
                 if isinstance(module, torch.nn.Dropout):
@@ -151,11 +158,16 @@ def _trainer(job: PretrainJob, run_dir: Path) -> L.Trainer:
     from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
     from lightning.pytorch.loggers import CSVLogger
 
+    from cxrbench.systems.callbacks import RNGState
+
     quiet_libraries()  # Lightning installs its own handlers when first imported
     t = job.cfg.trainer
     callbacks: list[Any] = [
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0),
-    ]
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", save_top_k=1,
+                        enable_version_counter=False,
+                        every_n_train_steps=t.checkpoint_every or None),
+        RNGState(),
+    ]  # fmt: skip
     if t.progress:
         callbacks.append(RichProgressBar(leave=True))
     return L.Trainer(
@@ -210,10 +222,12 @@ def run_pretrain(job: PretrainJob, data_root: Path, run_dir: Path) -> Path:
         last = run_dir / "checkpoints" / "last.ckpt"
         trainer.fit(system, train, val, ckpt_path=last if last.is_file() else None,
                     weights_only=True)  # fmt: skip
-        stats.update(train_examples=n_train, steps=trainer.global_step,
-                     epochs=trainer.current_epoch)  # fmt: skip
         if not trainer.is_global_zero:
             return artifact
+        # read progress from the checkpoint: with ddp_spawn this process's trainer never stepped
+        done = load_checkpoint(last)
+        stats.update(train_examples=n_train, steps=int(done["global_step"]),
+                     epochs=int(done["epoch"]) + 1)  # fmt: skip
     stats["wall_seconds"] = round(time.perf_counter() - start, 2)
     export_encoder(method.image_encoder(), artifact, method=job.cfg.method,
                    config_hash=job.config_hash, extra=stats)  # fmt: skip
@@ -245,7 +259,6 @@ def default_run_dir(job: PretrainJob, out: Path | None = None) -> Path:
 
 def export_checkpoint(run_dir: Path, ckpt: Path | None = None, out: Path | None = None) -> Path:
     """Export the encoder of a (possibly unfinished) run from a Lightning checkpoint."""
-    from cxrbench.utils.io import load_checkpoint
 
     run_dir = Path(run_dir)
     stored = load_yaml(run_dir / "config.yaml").values
