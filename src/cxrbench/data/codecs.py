@@ -1,20 +1,47 @@
 """Codecs for the official annotation and image encodings.
 
-* SIIM-ACR run-length encoding: the *relative* variant used by the Kaggle SIIM-ACR Pneumothorax files. The mask
-  is flattened **column-major** (Fortran order: down each column, then the next column); the string is a list of
-  ``offset length`` pairs in which each offset is counted from the end of the previous run (the first one from
-  pixel 0). ``-1`` means "no pneumothorax".
+* SIIM-ACR run-length encoding: the *relative* variant used by the Kaggle SIIM-ACR Pneumothorax
+  files. The mask is flattened **column-major** (Fortran order: down each column, then the next
+  column); the string is a list of ``offset length`` pairs in which each offset is counted from the
+  end of the previous run (the first one from pixel 0). ``-1`` means "no pneumothorax".
+* Images: :func:`read_image` decodes JPEG/PNG (Pillow; truncated files are errors, never padded) and
+  DICOM (pydicom: Modality LUT / rescale, then VOI LUT or window when present, min-max scaled to
+  0-255, MONOCHROME1 inverted, first frame of a multi-frame file); :func:`image_size` reads only the
+  header (plus, for JPEG/PNG, the end-of-image marker, and for DICOM the declared Pixel Data length
+  against the file size) so that a download can be checked quickly.
+* Object-CXR shapes: ``TYPE x1 y1 x2 y2 ...`` with TYPE 0 rectangle and 1 ellipse (two opposite
+  corners of the box; the ellipse is inscribed in it) and 2 polygon (a point list, at least three
+  points). A :class:`Shape` gives its bounding box and a filled mask; coordinates are pixel
+  positions and both corners belong to the shape (OpenCV's filling convention).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import cv2
 import numpy as np
+import pydicom
+from PIL import Image, ImageFile, UnidentifiedImageError
+from pydicom.errors import InvalidDicomError
 
 from cxrbench.errors import DataFormatError
 
+try:  # pydicom >= 3
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+except ImportError:  # pragma: no cover - pydicom 2.x
+    from pydicom.pixel_data_handlers.util import (  # type: ignore[no-redef]
+        apply_modality_lut,
+        apply_voi_lut,
+    )
+
 EMPTY_RLE = "-1"
+DICOM_SUFFIXES = (".dcm", ".dicom")
+PIXEL_DATA_TAG = 0x7FE00010
+_TAIL_BYTES = 1024
+_END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND"}
 
 
 def rle_decode(
@@ -37,7 +64,10 @@ def rle_decode(
     tokens = text.split()
     if len(tokens) % 2:
         raise DataFormatError(
-            path, "an even number of RLE tokens (offset/length pairs)", f"{len(tokens)} tokens", line
+            path,
+            "an even number of RLE tokens (offset/length pairs)",
+            f"{len(tokens)} tokens",
+            line,
         )
     try:
         values = np.asarray([int(t) for t in tokens], dtype=np.int64)
@@ -46,7 +76,10 @@ def rle_decode(
     offsets, lengths = values[0::2], values[1::2]
     if (offsets < 0).any() or (lengths <= 0).any():
         raise DataFormatError(
-            path, "non-negative offsets and positive run lengths", "a negative offset or empty run", line
+            path,
+            "non-negative offsets and positive run lengths",
+            "a negative offset or empty run",
+            line,
         )
     ends = np.cumsum(offsets + lengths)
     starts = ends - lengths
@@ -80,3 +113,216 @@ def rle_encode(mask: np.ndarray) -> str:
     offsets = starts - prev_ends
     pairs = np.stack([offsets, lengths], axis=1).reshape(-1)
     return " ".join(str(int(v)) for v in pairs)
+
+
+# ------------------------------------------------------------------------------------------ images
+
+
+def _require_file(path: Path) -> None:
+    if not path.is_file():
+        raise DataFormatError(path, "an image file", "no such file")
+
+
+def _is_dicom(path: Path) -> bool:
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    with path.open("rb") as handle:
+        head = handle.read(132)
+    return head[128:132] == b"DICM"
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode a JPEG/PNG/DICOM file into a ``(height, width)`` uint8 grayscale array.
+
+    Colour images are converted to grayscale; 16-bit PNGs are scaled from 0-65535. A missing,
+    truncated or undecodable file raises :class:`DataFormatError` naming it.
+    """
+    p = Path(path)
+    _require_file(p)
+    return _read_dicom(p) if _is_dicom(p) else _read_raster(p)
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """``(height, width)`` of a JPEG/PNG/DICOM file, read from its header without decoding pixels.
+
+    Also cheap integrity checks: a JPEG/PNG must end with its end-of-image marker, a DICOM must have
+    Pixel Data whose declared length fits in the file. Problems raise :class:`DataFormatError`
+    naming the file.
+    """
+    p = Path(path)
+    _require_file(p)
+    return _dicom_size(p) if _is_dicom(p) else _raster_size(p)
+
+
+def _open_raster(path: Path) -> Image.Image:
+    try:
+        return Image.open(path)
+    except (UnidentifiedImageError, OSError) as err:
+        raise DataFormatError(path, "a JPEG, PNG or DICOM image", type(err).__name__) from None
+
+
+def _read_raster(path: Path) -> np.ndarray:
+    ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file must fail, not be padded with grey
+    with _open_raster(path) as image:
+        try:
+            image.load()
+        except (OSError, SyntaxError, ValueError) as err:
+            raise DataFormatError(path, "a complete image file", f"undecodable ({err})") from None
+        return _to_gray_uint8(image)
+
+
+def _to_gray_uint8(image: Image.Image) -> np.ndarray:
+    if image.mode == "L":
+        return np.array(image, dtype=np.uint8)
+    if image.mode.startswith("I;16"):
+        wide = np.asarray(image).astype(np.float64)
+        return np.round(wide / 257.0).astype(np.uint8)
+    if image.mode in ("I", "F"):
+        return _minmax_uint8(np.asarray(image).astype(np.float64))
+    return np.array(image.convert("L"), dtype=np.uint8)
+
+
+def _raster_size(path: Path) -> tuple[int, int]:
+    with _open_raster(path) as image:
+        width, height = image.size
+        kind = image.format or ""
+    marker = _END_MARKERS.get(kind)
+    if marker is not None:
+        with path.open("rb") as handle:
+            handle.seek(max(0, path.stat().st_size - _TAIL_BYTES))
+            tail = handle.read()
+        if marker not in tail:
+            raise DataFormatError(
+                path, f"a complete {kind} file (ending with its end marker)", "a truncated file"
+            )
+    return int(height), int(width)
+
+
+def _minmax_uint8(values: np.ndarray) -> np.ndarray:
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        return np.zeros(values.shape, dtype=np.uint8)
+    return np.round((values - low) * (255.0 / (high - low))).astype(np.uint8)
+
+
+def _dcmread(path: Path, **kwargs: Any) -> pydicom.Dataset:
+    try:
+        return pydicom.dcmread(path, **kwargs)
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError) as err:
+        raise DataFormatError(path, "a readable DICOM file", type(err).__name__) from None
+
+
+def _dicom_size(path: Path) -> tuple[int, int]:
+    ds = _dcmread(path, defer_size=1024)
+    rows, cols = ds.get("Rows"), ds.get("Columns")
+    if rows is None or cols is None:
+        raise DataFormatError(path, "a DICOM header with Rows and Columns", "a truncated header")
+    try:
+        element = ds.get_item(PIXEL_DATA_TAG, keep_deferred=True)
+    except TypeError:  # pragma: no cover - pydicom 2.x: presence only
+        element = ds.get_item(PIXEL_DATA_TAG)
+    if element is None:
+        raise DataFormatError(path, "a DICOM file with Pixel Data", "no Pixel Data element")
+    tell, length = getattr(element, "value_tell", None), getattr(element, "length", None)
+    size = path.stat().st_size
+    if tell is not None and length not in (None, 0xFFFFFFFF) and tell + length > size:
+        raise DataFormatError(
+            path, f"{length} bytes of Pixel Data", f"a truncated file ({size} bytes)"
+        )
+    return int(rows), int(cols)
+
+
+def _read_dicom(path: Path) -> np.ndarray:
+    ds = _dcmread(path)
+    if PIXEL_DATA_TAG not in ds:
+        raise DataFormatError(path, "a DICOM file with Pixel Data", "no Pixel Data element")
+    try:
+        pixels = np.asarray(ds.pixel_array)
+    except (ValueError, AttributeError, NotImplementedError, RuntimeError) as err:
+        raise DataFormatError(path, "decodable DICOM Pixel Data", f"undecodable ({err})") from None
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        pixels = pixels[0]  # multi-frame: the first frame
+    if pixels.ndim == 3:  # colour: pixel_array gives RGB
+        return np.asarray(cv2.cvtColor(pixels.astype(np.uint8), cv2.COLOR_RGB2GRAY))
+    values = apply_voi_lut(apply_modality_lut(pixels, ds), ds)
+    gray = _minmax_uint8(np.asarray(values, dtype=np.float64))
+    if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
+        gray = 255 - gray
+    return gray
+
+
+# ------------------------------------------------------------------------------------------ shapes
+
+SHAPE_KINDS = {"0": "rectangle", "1": "ellipse", "2": "polygon"}
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """One Object-CXR object: ``kind`` in rectangle/ellipse/polygon and its ``points`` ``(x, y)``.
+
+    Rectangles and ellipses have two points (opposite corners of the box); polygons three or more.
+    """
+
+    kind: str
+    points: tuple[tuple[float, float], ...]
+
+    @property
+    def bbox(self) -> tuple[float, float, float, float]:
+        """``(x1, y1, x2, y2)``: the given box (rectangle, ellipse) or the points' extent."""
+        xs = [x for x, _ in self.points]
+        ys = [y for _, y in self.points]
+        return min(xs), min(ys), max(xs), max(ys)
+
+    def mask(self, height: int, width: int) -> np.ndarray:
+        """Filled ``(height, width)`` boolean mask of the shape (parts outside are dropped)."""
+        canvas = np.zeros((height, width), dtype=np.uint8)
+        x1, y1, x2, y2 = (round(v) for v in self.bbox)
+        if self.kind == "rectangle":
+            cv2.rectangle(canvas, (x1, y1), (x2, y2), 1, thickness=-1)
+        elif self.kind == "ellipse":
+            centre = (round((x1 + x2) / 2), round((y1 + y2) / 2))
+            axes = (round((x2 - x1) / 2), round((y2 - y1) / 2))
+            cv2.ellipse(canvas, centre, axes, 0, 0, 360, 1, thickness=-1)
+        else:
+            points = np.round(np.asarray(self.points)).astype(np.int32).reshape(-1, 1, 2)
+            cv2.fillPoly(canvas, [points], 1)
+        return canvas.astype(bool)
+
+
+def parse_shape(text: str, *, path: str | Path = "<annotation>", line: int | None = None) -> Shape:
+    """Parse one ``TYPE x1 y1 x2 y2 ...`` object; bad input raises :class:`DataFormatError`."""
+    tokens = text.split()
+    kind = SHAPE_KINDS.get(tokens[0]) if tokens else None
+    if kind is None:
+        got = f"type {tokens[0]!r}" if tokens and len(tokens[0]) <= 8 else "an unknown type"
+        raise DataFormatError(
+            path, "an object type 0 (rectangle), 1 (ellipse) or 2 (polygon)", got, line
+        )
+    coords = _parse_coords(tokens[1:], path, line)
+    if kind != "polygon" and len(coords) != 4:
+        raise DataFormatError(path, f"4 coordinates for a {kind}", f"{len(coords)}", line)
+    if kind == "polygon" and (len(coords) % 2 or len(coords) < 6):
+        raise DataFormatError(
+            path, "an even number (at least 6) of polygon coordinates", f"{len(coords)}", line
+        )
+    return Shape(kind, tuple(zip(coords[0::2], coords[1::2], strict=True)))
+
+
+def _parse_coords(tokens: list[str], path: str | Path, line: int | None) -> list[float]:
+    try:
+        values = [float(t) for t in tokens]
+    except ValueError:
+        raise DataFormatError(
+            path, "numeric shape coordinates", "a non-numeric token", line
+        ) from None
+    if not np.isfinite(values).all():
+        raise DataFormatError(path, "finite shape coordinates", "nan or inf", line)
+    return values
+
+
+def parse_annotation(
+    text: str, *, path: str | Path = "<annotation>", line: int | None = None
+) -> tuple[Shape, ...]:
+    """Parse an Object-CXR ``annotation`` cell: ``;``-separated objects, empty = no object."""
+    parts = [part for part in text.split(";") if part.strip()]
+    return tuple(parse_shape(part, path=path, line=line) for part in parts)

@@ -62,6 +62,7 @@ class ConVIRT(PretrainMethod):
 
     def embed(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Projected (unnormalised) image and report embeddings of a batch."""
+        assert self.text is not None
         image = batch["image"]
         tokens = {k: v.to(image.device) for k, v in self.text.tokenize(batch["text"]).items()}
         text = self.text(tokens["input_ids"], tokens["attention_mask"]).cls

@@ -71,7 +71,7 @@ def load_config(
         if "method" in layer.values and layer.values["method"] != method:
             raise ConfigError(layer.source, "method", "cannot change the method to another one")
     cfg = build(PretrainConfig, layers)
-    params = build(cls.Config, [Layer(x.source, x.values.get("params", {})) for x in layers])
+    params: Any = build(cls.Config, [Layer(x.source, x.values.get("params", {})) for x in layers])
     cfg.params = to_plain(params)
     return PretrainJob(cfg, params, preset, hash_config(cfg))
 
@@ -115,7 +115,7 @@ def build_method(job: PretrainJob, text_path: Path | None) -> PretrainMethod:
             text_path, freeze=freeze, max_length=cfg.text.max_length, layers=cfg.text.layers
         )
         if getattr(text.model, "pooler", None) is not None:
-            text.model.pooler = None  # unused (we take [CLS]); unused parameters break DDP
+            text.model.pooler = None  # type: ignore[assignment]  # unused (we take [CLS]); unused parameters break DDP
         if cfg.text.dropout is not None:
             for module in text.modules():
                 if isinstance(module, torch.nn.Dropout):
@@ -242,7 +242,7 @@ def _check_run_dir(run_dir: Path, job: PretrainJob) -> None:
         {"config_hash": job.config_hash, "preset": job.preset, **to_plain(job.cfg)}
     ))  # fmt: skip
     if path.is_file():
-        stored = OmegaConf.load(path).get("config_hash")
+        stored = load_yaml(path).values.get("config_hash")
         if stored != job.config_hash:
             raise CxrbenchError(
                 f"{run_dir}: holds a run with config hash {stored}, but this run's hash is "

@@ -19,7 +19,7 @@ class RNGState(L.Callback):
     """
 
     def state_dict(self) -> dict[str, Any]:
-        kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)  # type: ignore[misc]
+        kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
         state: dict[str, Any] = {
             "python": list(random.getstate()[1]),
             "python_version": random.getstate()[0],

@@ -13,7 +13,8 @@ def param_groups(
     params: Iterable[tuple[str, nn.Parameter]], weight_decay: float
 ) -> list[dict[str, object]]:
     """Two AdamW groups: weight decay on matrices/kernels, none on biases and norm scales."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for _, p in params:
         if not p.requires_grad:
             continue
