@@ -48,7 +48,7 @@ def sample_anatomy(
     rng: np.random.Generator, height: int, width: int, ctr: float, d: Difficulty
 ) -> Anatomy:
     """Per-image patient size, lung shape, heart position and rotation."""
-    half_w = rng.uniform(0.26, 0.34)
+    half_w = rng.uniform(0.23, 0.36)
     gap = rng.uniform(0.10, 0.16)
     b = rng.uniform(0.56, 0.68)
     cy = rng.uniform(-0.18, -0.06)

@@ -85,7 +85,7 @@ def draw_effusion(L: Layers, an: Anatomy, f: Finding, rng, d: Difficulty) -> np.
     for side in ("right", "left") if f.side == "bilateral" else (f.side,):
         lung = an.lung(side)
         lateral = (L.x - lung.cx) / lung.a * (1 if side == "left" else -1)
-        depth = lung.b * rng.uniform(0.35, 0.55) * f.severity
+        depth = lung.b * rng.uniform(0.25, 0.45) * f.severity
         level = lung.dome - depth * (0.35 + 0.65 * np.clip(lateral, 0, 1.2) ** 2)
         region = smoothstep(4.0 / an.height, L.y - level) * smoothstep(
             4.0 / an.height, lung_field(lung, L.x, L.y) + 0.25
