@@ -32,3 +32,13 @@ def text_model(tmp_path_factory: pytest.TempPathFactory):
     from tests.helpers import tiny_text_model
 
     return tiny_text_model(tmp_path_factory.mktemp("text") / "bert")
+
+
+@pytest.fixture(scope="session")
+def synth_tiny(tmp_path_factory: pytest.TempPathFactory):
+    """The SynthCXR tiny preset at half size (made once per test worker)."""
+    from cxrbench.synth import generate
+
+    root = tmp_path_factory.mktemp("synth-tiny")
+    generate(root, "tiny", seed=0, workers=1, progress=False, scale=0.5)
+    return root

@@ -79,8 +79,14 @@ def cmd_data_splits(args: argparse.Namespace) -> int:
         "split_hash": splits.split_hash,
         "counts": {p: len(splits.part(p)) for p in ("train", "val", "test")},
     }
-    if splits.class_names:
-        summary["fractions"] = {f"{f:g}": len(splits.fraction(f)) for f in STANDARD_FRACTIONS}
+    if splits.class_names:  # a fraction that loses a class says why instead of a count
+        fractions: dict[str, object] = {}
+        for f in STANDARD_FRACTIONS:
+            try:
+                fractions[f"{f:g}"] = len(splits.fraction(f))
+            except CxrbenchError as err:
+                fractions[f"{f:g}"] = f"unusable: {err}"
+        summary["fractions"] = fractions
     _emit(json.dumps(summary, indent=2))
     return 0
 

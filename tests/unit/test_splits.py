@@ -71,8 +71,10 @@ def test_fractions_nested_stratified_and_seed_free(tmp_path) -> None:
 def test_fraction_without_positives_is_an_error(tmp_path) -> None:
     root = tmp_path / "rsna-pneumonia"
     _write_rsna(root, n=1000, n_pos=20)  # 2% positives: 1% of 600 training ids = 6 ids
+    splits = make_splits("rsna", root)
     with pytest.raises(CxrbenchError, match=r"fraction 0\.01 .*'positive' with zero positive"):
-        make_splits("rsna", root)
+        splits.fraction(0.01)
+    assert len(splits.fraction(0.1)) == 60
 
 
 def test_stored_files_are_verified_and_reused(tmp_path) -> None:

@@ -21,8 +21,8 @@ class Difficulty:
     nodule: float = 0.22
     pneumothorax: float = 0.16  # darkening of the collapsed-lung crescent
     covid: float = 0.14  # bilateral peripheral ground glass
-    cardiomegaly_ctr: tuple[float, float] = (0.46, 0.6)  # cardiothoracic ratio when present
-    normal_ctr: tuple[float, float] = (0.38, 0.54)
+    cardiomegaly_ctr: tuple[float, float] = (0.51, 0.62)  # cardiothoracic ratio when present
+    normal_ctr: tuple[float, float] = (0.38, 0.5)
     noise: float = 0.035  # film grain std
     rotation_deg: float = 10.0
     severity: tuple[float, float] = (0.5, 1.3)  # multiplies amplitudes / sizes

@@ -41,7 +41,7 @@ def render(spec: ImageSpec, rng: np.random.Generator, d: Difficulty) -> Rendered
     kinds = {f.kind: f for f in spec.findings}
     if "cardiomegaly" in kinds:
         lo, hi = d.cardiomegaly_ctr
-        ctr = lo + (hi - lo) * rng.uniform(0.0, 1.0) * min(1.0, kinds["cardiomegaly"].severity)
+        ctr = lo + (hi - lo) * rng.uniform(0.0, 1.0)
     else:
         ctr = rng.uniform(*d.normal_ctr)
     an = sample_anatomy(rng, spec.height, spec.width, float(ctr), d)
