@@ -21,6 +21,8 @@ import torch
 from omegaconf import MISSING
 from torch import nn
 
+from cxrbench.data.roots import DataRoots
+
 if TYPE_CHECKING:
     from cxrbench.models.backbones import Backbone
     from cxrbench.models.text import TextEncoder
@@ -59,7 +61,7 @@ class OptimSpec:
 
 
 @dataclass
-class DataSpec:
+class DataSpec(DataRoots):
     resize: int = 256  # long side resized to this, zero-padded square (MGCA resize_img)
     crop: int = 224  # random crop for training, centre crop for validation
     batch_size: int = 72

@@ -9,6 +9,7 @@ the artifact is written last, so its presence means the run finished.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -28,20 +29,27 @@ from cxrbench.config import (
     parse_overrides,
     to_plain,
 )
-from cxrbench.data.formats import mimic
+from cxrbench.data.roots import dataset_folder
 from cxrbench.errors import ConfigError, CxrbenchError
 from cxrbench.log import quiet_libraries
 from cxrbench.methods import METHODS
 from cxrbench.methods.base import PretrainConfig, PretrainMethod
 from cxrbench.models.artifact import META_FILE, export_encoder
 from cxrbench.models.backbones import build_backbone
-from cxrbench.utils.io import atomic_write_text, load_checkpoint
+from cxrbench.utils.io import atomic_write_text, load_checkpoint, sha256_file
 
 log = logging.getLogger(__name__)
 
 #: keys that do not change what is learned (left out of the config hash)
 NON_RESULT_KEYS = (
     "data.workers",
+    # where datasets live is not part of the identity; their contents are fingerprinted
+    "data.mimic",
+    "data.chexpert",
+    "data.rsna",
+    "data.siim",
+    "data.objectcxr",
+    "data.covidx",
     "trainer.progress",
     "trainer.log_every",
     "trainer.checkpoint_every",
@@ -124,12 +132,9 @@ def build_method(job: PretrainJob, text_path: Path | None) -> PretrainMethod:
     return method
 
 
-def mimic_root_of(data_root: Path) -> Path:
-    root = Path(data_root)
-    return root / mimic.FOLDER if (root / mimic.FOLDER).is_dir() else root
-
-
-def _loaders(job: PretrainJob, method: PretrainMethod, mimic_root: Path) -> tuple[Any, Any, int]:
+def _loaders(
+    job: PretrainJob, method: PretrainMethod, data_root: Path, mimic_root: Path
+) -> tuple[Any, Any, int]:
     from torch.utils.data import DataLoader
 
     from cxrbench.data.pretrain import PairDataset, collate, load_pairs
@@ -137,7 +142,7 @@ def _loaders(job: PretrainJob, method: PretrainMethod, mimic_root: Path) -> tupl
     d = job.cfg.data
     datasets = {}
     for split in ("train", "val"):
-        own = method.train_dataset(mimic_root.parent, split)
+        own = method.train_dataset(data_root, split)
         if own is None:
             pairs = load_pairs(mimic_root, split, d.limit_pairs if split == "train" else None)
             own = PairDataset(pairs, d.resize, d.crop, train=split == "train")
@@ -205,7 +210,7 @@ def run_pretrain(job: PretrainJob, data_root: Path, run_dir: Path) -> Path:
     if (artifact / META_FILE).is_file():
         log.info("encoder artifact already exists: %s", artifact)
         return artifact
-    mimic_root = mimic_root_of(data_root)
+    mimic_root = dataset_folder("mimic", data_root, job.cfg.data)
     cls = METHODS.get(job.cfg.method)
     text_path = resolve_text_model(job, mimic_root, job.cfg.trainer.progress)
     if text_path is not None:
@@ -216,8 +221,10 @@ def run_pretrain(job: PretrainJob, data_root: Path, run_dir: Path) -> Path:
     start = time.perf_counter()
     stats: dict[str, Any] = {"pretrain_seed": job.cfg.seed, "preset": job.preset}
     if cls.trains:
+        stats["corpus_fingerprint"] = corpus_fingerprint(mimic_root)
+    if cls.trains:
         trainer = _trainer(job, run_dir)
-        train, val, n_train = _loaders(job, method, mimic_root)
+        train, val, n_train = _loaders(job, method, Path(data_root), mimic_root)
         system = PretrainSystem(method, job.cfg)
         last = run_dir / "checkpoints" / "last.ckpt"
         trainer.fit(system, train, val, ckpt_path=last if last.is_file() else None,
@@ -291,3 +298,12 @@ def _text_path_for_export(job: PretrainJob, run_dir: Path) -> Path | None:
     if not text_file.is_file():
         raise CxrbenchError(f"{run_dir}: no text_model.txt; is this a pre-training run folder?")
     return Path(text_file.read_text().strip())
+
+
+def corpus_fingerprint(mimic_root: Path) -> str:
+    """sha256 (16 hex) of the official split and metadata files: which images and splits."""
+    digest = hashlib.sha256()
+    for name in ("mimic-cxr-2.0.0-split.csv.gz", "mimic-cxr-2.0.0-metadata.csv.gz"):
+        path = Path(mimic_root) / name
+        digest.update(sha256_file(path).encode() if path.is_file() else b"-")
+    return digest.hexdigest()[:16]

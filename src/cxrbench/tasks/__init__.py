@@ -1,4 +1,4 @@
-"""Downstream tasks: one file per task (``tasks/<dataset>_<kind>.py``), registered in :data:`TASKS`."""
+"""Downstream tasks: one file per task (``tasks/<dataset>_<kind>.py``), registered in TASKS."""
 
 from cxrbench.registry import Registry
 
