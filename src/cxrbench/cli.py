@@ -140,7 +140,13 @@ def _add_pretrain(sub: Any) -> None:
     p.add_argument("--preset", default="small", choices=("tiny", "small", "paper"))
     p.add_argument("--seed", type=int, default=None, help="pre-training seed (default 0)")
     p.add_argument("--out", default=None, help="runs folder (default results/runs/pretrain)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override")
+    p.add_argument(
+        "--set",
+        action="extend",
+        nargs="+",
+        metavar="KEY=VALUE",
+        help="config overrides (dotted keys)",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_pretrain)
 

@@ -24,7 +24,7 @@ def test_convirt_learns_a_repeated_batch(pairs_corpus, text_model) -> None:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], losses[::8]
     with torch.no_grad():  # batch statistics, as in the loss (running BN stats lag 40 fast steps)
         v, u = method.embed(batch)

@@ -188,7 +188,7 @@ def _trainer(job: PretrainJob, run_dir: Path) -> L.Trainer:
         check_val_every_n_epoch=t.val_every,
         deterministic=t.deterministic,
         default_root_dir=run_dir,
-        logger=CSVLogger(run_dir, name="logs", version=""),
+        logger=CSVLogger(run_dir, name="logs"),  # version_N per attempt: resumes keep logs
         callbacks=callbacks,
         enable_progress_bar=t.progress,
         enable_model_summary=False,
