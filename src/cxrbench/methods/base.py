@@ -48,6 +48,7 @@ class TextSpec:
     max_length: int = 112
     layers: str = "last"  # "last" or "last4_sum" (GLoRIA)
     dropout: float | None = None  # override every dropout rate of the text model (None: its own)
+    padding: str = "longest"  # "longest" in the batch (same features, less compute) or "max_length"
 
 
 @dataclass

@@ -109,15 +109,19 @@ def check_model_dir(path: str | Path) -> Path:
     return path
 
 
-def tokenize_texts(tokenizer: Any, texts: list[str], max_length: int) -> dict[str, Tensor]:
-    """Tokenise like MGCA (pad to ``max_length``, truncate); add ``word_ids`` from a fast tokenizer.
+def tokenize_texts(
+    tokenizer: Any, texts: list[str], max_length: int, padding: str = "max_length"
+) -> dict[str, Tensor]:
+    """Tokenise like MGCA (truncate at ``max_length``; ``padding="max_length"`` pads every text to
+    it as MGCA does, ``"longest"`` only to the batch's longest text: the same features under the
+    attention mask, for less compute); add ``word_ids`` from a fast tokenizer.
 
     Returns ``input_ids``, ``attention_mask`` and, when the tokenizer is fast, ``word_ids`` (B, L)
     with -1 for special and padding tokens; the dict can be passed as ``encoder(**batch)``.
     """
     enc = tokenizer(
         list(texts),
-        padding="max_length",
+        padding=padding,
         truncation=True,
         max_length=max_length,
         return_tensors="pt",
@@ -220,6 +224,7 @@ class TextEncoder(nn.Module):
         config = cast(Any, model).config
         self.hidden_size = int(config.hidden_size)
         self.max_length = _check_max_length(max_length, config)
+        self.padding = "max_length"  # MGCA; the pre-training runner may choose "longest"
         continuation, special = _vocab_tables(tokenizer, int(config.vocab_size))
         self.register_buffer("_continuation", continuation, persistent=False)
         self.register_buffer("_special", special, persistent=False)
@@ -303,7 +308,7 @@ class TextEncoder(nn.Module):
 
     def tokenize(self, texts: list[str]) -> dict[str, Tensor]:
         """MGCA tokenisation of ``texts``; see :func:`tokenize_texts`."""
-        return tokenize_texts(self.tokenizer, texts, self.max_length)
+        return tokenize_texts(self.tokenizer, texts, self.max_length, self.padding)
 
     def forward(
         self,

@@ -122,6 +122,9 @@ def build_method(job: PretrainJob, text_path: Path | None) -> PretrainMethod:
         text = TextEncoder.from_pretrained(
             text_path, freeze=freeze, max_length=cfg.text.max_length, layers=cfg.text.layers
         )
+        if cfg.text.padding not in ("longest", "max_length"):
+            raise ConfigError(None, "text.padding", "must be 'longest' or 'max_length'")
+        text.padding = cfg.text.padding
         if getattr(text.model, "pooler", None) is not None:
             text.model.pooler = None  # type: ignore[assignment]  # unused (we take [CLS]); unused parameters break DDP
         if cfg.text.dropout is not None:
