@@ -28,14 +28,15 @@ def _overrides(name: str, text_model: Path, tmp_path: Path) -> list[str]:
     return sets
 
 
-def _batch(corpus: Path, n: int = 8) -> dict:
-    pairs = load_pairs(corpus / "mimic-cxr-jpg", "train")[:n]
-    data = PairDataset(pairs, 72, 64, train=True)
-    return collate([data[i] for i in range(len(data))])
+def _batch(method, corpus: Path, n: int = 8) -> dict:
+    data = method.train_dataset(corpus, "train")  # methods with their own data (supervised)
+    if data is None:
+        data = PairDataset(load_pairs(corpus / "mimic-cxr-jpg", "train")[:n], 72, 64, train=True)
+    return collate([data[i] for i in range(n)])
 
 
 @pytest.mark.parametrize("name", METHOD_NAMES)
-def test_method_contract(name, pairs_corpus, text_model, tmp_path) -> None:
+def test_method_contract(name, synth_tiny, text_model, tmp_path) -> None:
     job = load_config(name, "tiny", _overrides(name, text_model, tmp_path))
     cls = METHODS.get(name)
     doc = sys.modules[cls.__module__].__doc__ or ""
@@ -44,12 +45,12 @@ def test_method_contract(name, pairs_corpus, text_model, tmp_path) -> None:
     method = build_method(job, text_model if cls.needs_text else None)
     method.train()
     if cls.trains:
-        terms = method.losses(_batch(pairs_corpus))
+        terms = method.losses(_batch(method, synth_tiny))
         assert terms and all(v.ndim == 0 and torch.isfinite(v) for v in terms.values())
         sum(terms.values()).backward()
         grads = [p.grad for p in method.image_encoder().parameters() if p.requires_grad]
         assert any(g is not None and g.abs().sum() > 0 for g in grads)
-    artifact = run_pretrain(job, pairs_corpus, tmp_path / "run")
+    artifact = run_pretrain(job, synth_tiny, tmp_path / "run")
     backbone, meta = load_encoder(artifact)
     assert meta["method"] == name and meta["config_hash"] == job.config_hash
     stored = safetensors.torch.load_file(artifact / "encoder.safetensors")
