@@ -133,6 +133,35 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from cxrbench.runner.bench import run_bench, suite_from_args, table_for
+
+    suite = suite_from_args(args)
+    out = Path(args.out)
+    outcome = run_bench(suite, out, force=args.force, progress=not args.no_progress)
+    if outcome.records:
+        _emit(table_for(suite, outcome, out.parent / "tables"))
+    return 0 if outcome.ok else 1
+
+
+def _add_bench(sub: Any) -> None:
+    b = sub.add_parser("bench", help="pre-train, transfer and tabulate a grid (or a suite file)")
+    b.add_argument("--method", action="append", help="a registered method (repeatable)")
+    b.add_argument("--task", action="append", help="a registered task (repeatable)")
+    b.add_argument("--fraction", action="append", type=float, help="label fraction (repeatable)")
+    b.add_argument("--seed", action="append", type=int, help="transfer seed (repeatable)")
+    b.add_argument("--suite", default=None, help="suite file (benchmarks/*.yaml)")
+    b.add_argument("--preset", default=None, choices=("tiny", "small", "paper"))
+    b.add_argument("--data-root", default=None, help="default: the preset's SynthCXR corpus")
+    b.add_argument("--out", default="results/runs", help="runs folder")
+    b.add_argument(
+        "--set", action="extend", nargs="+", metavar="KEY=VALUE", help="transfer config overrides"
+    )
+    b.add_argument("--force", action="store_true", help="re-run transfers that exist")
+    b.add_argument("--no-progress", action="store_true")
+    b.set_defaults(func=cmd_bench)
+
+
 def _add_pretrain(sub: Any) -> None:
     p = sub.add_parser("pretrain", help="pre-train a method and export its encoder artifact")
     p.add_argument("--method", required=True, help="a registered method (cxrbench ls methods)")
@@ -201,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--root", required=True, help="the dataset's own folder")
     inspect.set_defaults(func=cmd_data_inspect)
     _add_pretrain(sub)
+    _add_bench(sub)
     return parser
 
 

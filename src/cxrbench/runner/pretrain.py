@@ -72,7 +72,7 @@ def load_config(
     layers = [
         Layer("<defaults>", OmegaConf.create({"method": method})),
         load_yaml(packaged_config("method", method)),
-        load_yaml(packaged_config("trainer", preset)),
+        preset_section(preset, "pretrain"),
         parse_overrides(overrides or []),
     ]
     for layer in layers[1:]:
@@ -82,6 +82,16 @@ def load_config(
     params: Any = build(cls.Config, [Layer(x.source, x.values.get("params", {})) for x in layers])
     cfg.params = to_plain(params)
     return PretrainJob(cfg, params, preset, hash_config(cfg))
+
+
+def preset_section(preset: str, section: str) -> Layer:
+    """The ``pretrain:`` or ``transfer:`` part of ``configs/trainer/<preset>.yaml``."""
+    layer = load_yaml(packaged_config("trainer", preset))
+    unknown = set(layer.values) - {"pretrain", "transfer"}
+    if unknown:
+        raise ConfigError(layer.source, sorted(unknown)[0], "presets hold pretrain: and transfer:")
+    values = layer.values.get(section) or OmegaConf.create({})
+    return Layer(f"{layer.source} ({section}:)", values)
 
 
 def hash_config(cfg: PretrainConfig) -> str:

@@ -1,0 +1,108 @@
+"""Frozen-feature cache: features of a frozen encoder on un-augmented inputs, computed once.
+
+With a frozen encoder in eval mode and no training augmentation, an image's pooled feature does
+not depend on the label fraction, the training seed or the epoch, so a linear-probe grid over
+fractions and seeds needs one forward pass over the data. Features are stored per
+(encoder sha256, dataset, split part, ids, transform) as ``<key>.safetensors`` under the cache
+root (``results/cache/features`` by default); a different encoder, split or image size is a
+different key, so a stale entry can never be served. Written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import safetensors.torch
+import torch
+
+from cxrbench.data.codecs import read_image
+from cxrbench.data.transforms import mgca_image
+from cxrbench.utils.io import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+
+def feature_key(
+    encoder_sha256: str, dataset: str, part: str, ids: Sequence[str], transform: dict[str, object]
+) -> str:
+    """The cache key: every input that changes the features, hashed."""
+    payload = json.dumps(
+        {
+            "encoder": encoder_sha256,
+            "dataset": dataset,
+            "part": part,
+            "ids": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
+            "transform": transform,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+@torch.inference_mode()
+def extract_features(
+    encoder: torch.nn.Module,
+    paths: Sequence[Path],
+    resize: int,
+    crop: int,
+    batch_size: int = 128,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """Pooled features (N, D) of the centre-cropped images, encoder in eval mode."""
+    was_training = encoder.training
+    encoder.eval()
+    chunks = []
+    for start in range(0, len(paths), batch_size):
+        batch = [
+            mgca_image(read_image(p), resize, crop, train=False)
+            for p in paths[start : start + batch_size]
+        ]
+        chunks.append(encoder(torch.stack(batch).to(device)).pooled.float().cpu())
+    encoder.train(was_training)
+    return torch.cat(chunks) if chunks else torch.zeros(0)
+
+
+class FeatureCache:
+    """safetensors files keyed by :func:`feature_key`; ``hits``/``misses`` count lookups."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.hits = 0
+        self.misses = 0
+
+    def path(self, key: str) -> Path:
+        return self.root / f"{key}.safetensors"
+
+    def get(self, key: str) -> torch.Tensor | None:
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        self.hits += 1
+        return safetensors.torch.load_file(path)["features"]
+
+    def put(self, key: str, features: torch.Tensor) -> None:
+        data = safetensors.torch.save({"features": features.contiguous()})
+        atomic_write_bytes(self.path(key), data)
+
+    def features(
+        self,
+        key: str,
+        encoder: torch.nn.Module,
+        paths: Sequence[Path],
+        resize: int,
+        crop: int,
+        batch_size: int = 128,
+    ) -> torch.Tensor:
+        """Cached features of ``paths``, extracted (and stored) on a miss."""
+        cached = self.get(key)
+        if cached is not None:
+            return cached
+        self.misses += 1
+        log.info("extracting features of %d images (cache miss)", len(paths))
+        features = extract_features(encoder, paths, resize, crop, batch_size)
+        self.put(key, features)
+        return features

@@ -1,0 +1,1 @@
+"""Protocol metrics with documented definitions (PROTOCOLS.md §1)."""

@@ -1,0 +1,1 @@
+"""Results are data, tables are generated: records, aggregation, tables."""

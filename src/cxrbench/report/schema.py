@@ -1,0 +1,87 @@
+"""Contract 4: the ResultRecord, one per transfer run (``result.json``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cxrbench import __version__
+from cxrbench.errors import CxrbenchError
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ResultRecord:
+    suite: str
+    method: str
+    task: str
+    task_version: int
+    fraction: float
+    seed: int
+    pretrain_seed: int
+    metric: str  # the primary metric key, e.g. "test/auroc"
+    higher_is_better: bool
+    metrics: dict[str, float]  # every test metric and the val metric used for selection
+    config_hash: str
+    code_version: str
+    encoder_sha256: str
+    split_hash: str
+    data_fingerprint: str
+    probe_mode: str  # "cached" (frozen features) or "augment" (MGCA-exact, images each epoch)
+    wall_seconds: float
+    device: str
+    created: str
+    schema_version: int = SCHEMA_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def value(self) -> float:
+        return self.metrics[self.metric]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str | Path = "record") -> ResultRecord:
+        names = {f.name for f in dataclasses.fields(cls)}
+        required = {
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        }
+        missing = sorted(required - set(data))
+        unknown = sorted(set(data) - names)
+        if missing or unknown:
+            what = f"missing key {missing[0]!r}" if missing else f"unknown key {unknown[0]!r}"
+            raise CxrbenchError(f"{source}: not a cxrbench result record ({what})")
+        return cls(**data)
+
+
+@functools.cache
+def code_version() -> str:
+    """``cxrbench`` version plus the git commit (``+g<sha>``, ``.dirty`` with local changes)."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short=10", "HEAD"],
+            cwd=here,
+            timeout=5,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            timeout=5,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    return f"{__version__}+g{sha}" + (".dirty" if dirty else "")

@@ -1,0 +1,33 @@
+"""Reading and writing result records (``result.json``), atomically."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from cxrbench.errors import CxrbenchError
+from cxrbench.report.schema import ResultRecord
+from cxrbench.utils.io import atomic_write_text
+
+RESULT_FILE = "result.json"
+
+
+def write_record(path: Path, record: ResultRecord) -> None:
+    """Write ``record`` as JSON; readers see the old file or the whole new one, never half."""
+    atomic_write_text(path, json.dumps(record.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+def read_record(path: Path) -> ResultRecord:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CxrbenchError(f"{path}: unreadable result record ({err})") from None
+    if not isinstance(data, dict):
+        raise CxrbenchError(f"{path}: a result record is a JSON object")
+    return ResultRecord.from_dict(data, path)
+
+
+def collect(root: Path, suite: str | None = None) -> list[ResultRecord]:
+    """Every record under ``root`` (optionally of one suite), in a stable order."""
+    records = [read_record(p) for p in sorted(Path(root).rglob(RESULT_FILE))]
+    return [r for r in records if suite is None or r.suite == suite]

@@ -1,0 +1,169 @@
+"""Contract 3: a downstream task, and the protocol it owns.
+
+A task is not a LightningModule: it names its dataset, kind, ``version`` and primary metric, and
+turns a data root, a label fraction and a seed into labelled items; the system for its ``kind``
+(``systems/``) trains and tests. Every protocol value (frozen or not, head, image size, epochs,
+optimiser, early stopping) lives in the task's YAML (``configs/task/<key>.yaml``) merged with the
+preset's ``transfer:`` section; method configs cannot set them. A protocol change bumps
+``version``, which makes older results and baselines incomparable on purpose.
+
+Adding a task = ``tasks/<dataset>_<kind>.py`` + ``configs/task/<dataset>_<kind>.yaml``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from cxrbench.data.labels import Labelled, image_labels
+from cxrbench.data.roots import DataRoots, dataset_folder
+from cxrbench.data.splits import make_splits
+
+
+@dataclass
+class ImageSpec:
+    resize: int = 256  # long side resized, zero-padded square (MGCA)
+    crop: int = 224  # random crop for training (when augmenting), centre crop otherwise
+
+
+@dataclass
+class ProbeSpec:
+    finetune: bool = False  # False: frozen encoder in eval mode + head (the mgca protocol)
+    augment: bool = False  # True: MGCA's training augmentation, features not cached
+
+
+@dataclass
+class OptimSpec:
+    lr: float = 5e-4
+    weight_decay: float = 1e-6
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    encoder_lr_scale: float = 0.1  # finetune mode only
+
+
+@dataclass
+class TrainSpec:
+    batch_size: int = 48
+    max_epochs: int = 50
+    patience: int = 10  # early stopping on val loss
+    workers: int = 2
+    feature_batch_size: int = 128  # feature extraction for the frozen-feature cache
+
+
+@dataclass
+class TransferTrainerSpec:
+    accelerator: str = "auto"
+    devices: int = 1
+    precision: str = "32-true"
+    progress: bool = True
+
+
+@dataclass
+class TaskConfig:
+    """A transfer run's protocol: task YAML, then the preset's ``transfer:``, then ``--set``."""
+
+    dataset: str = ""
+    image: ImageSpec = field(default_factory=ImageSpec)
+    probe: ProbeSpec = field(default_factory=ProbeSpec)
+    optim: OptimSpec = field(default_factory=OptimSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    trainer: TransferTrainerSpec = field(default_factory=TransferTrainerSpec)
+    data: DataRoots = field(default_factory=DataRoots)
+
+
+@dataclass(frozen=True)
+class Items:
+    """Labelled images of one split part: ids, paths and a (N, C) float label matrix."""
+
+    ids: list[str]
+    paths: list[Path]
+    labels: np.ndarray
+
+
+@dataclass(frozen=True)
+class TaskData:
+    train: Items  # the label fraction
+    train_all: Items  # the whole training split (what the frozen-feature cache covers)
+    val: Items
+    test: Items
+    classes: tuple[str, ...]
+    label_kind: str  # multilabel | multiclass
+    split_hash: str
+    fingerprint: str  # sha256 of the ids and labels actually used (train fraction, val, test)
+
+
+class Task:
+    """Base class; subclasses set the class attributes below."""
+
+    kind: ClassVar[str] = "classification"
+    version: ClassVar[int] = 1
+    dataset: ClassVar[str] = ""
+    metric: ClassVar[str] = "auroc"  # primary test metric
+    higher_is_better: ClassVar[bool] = True
+
+    def __init__(self, name: str, cfg: TaskConfig) -> None:
+        self.name = name
+        self.cfg = cfg
+
+    def folder(self, data_root: Path) -> Path:
+        return dataset_folder(self.dataset, data_root, self.cfg.data)
+
+    def data(self, data_root: Path, fraction: float) -> TaskData:
+        """Items of the stored splits; the training part is the nested label ``fraction``.
+
+        The subset does not depend on the training seed (nested fractions, fixed once)."""
+        folder = self.folder(data_root)
+        labelled = image_labels(self.dataset, folder)
+        splits = make_splits(self.dataset, folder)
+        parts = {
+            "train": splits.fraction(fraction),
+            "val": list(splits.val),
+            "test": list(splits.test),
+        }
+        items = {k: _items(labelled, ids) for k, ids in parts.items()}
+        everything = _items(labelled, list(splits.train))
+        return TaskData(
+            items["train"],
+            everything,
+            items["val"],
+            items["test"],
+            labelled.classes,
+            labelled.kind,
+            splits.split_hash,
+            _fingerprint(items),
+        )
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        return {
+            "kind": cls.kind,
+            "version": cls.version,
+            "dataset": cls.dataset,
+            "metric": cls.metric,
+            "higher_is_better": cls.higher_is_better,
+        }
+
+
+def _items(labelled: Labelled, ids: list[str]) -> Items:
+    missing = [i for i in ids if i not in labelled.labels]
+    if missing:
+        from cxrbench.errors import CxrbenchError
+
+        raise CxrbenchError(
+            f"{len(missing)} split ids (e.g. {missing[0]!r}) are not in the dataset's label files; "
+            "the splits were made from other files: remake them with cxrbench data splits --force"
+        )
+    labels = np.stack([labelled.labels[i] for i in ids]).astype(np.float32)
+    return Items(list(ids), [labelled.paths[i] for i in ids], labels)
+
+
+def _fingerprint(items: dict[str, Items]) -> str:
+    digest = hashlib.sha256()
+    for part in ("train", "val", "test"):
+        digest.update(part.encode())
+        for ident, label in zip(items[part].ids, items[part].labels, strict=True):
+            digest.update(ident.encode() + label.tobytes())
+    return digest.hexdigest()[:16]
