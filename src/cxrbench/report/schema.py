@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cxrbench import __version__
 from cxrbench.errors import CxrbenchError
 
 SCHEMA_VERSION = 1
@@ -60,28 +57,3 @@ class ResultRecord:
             what = f"missing key {missing[0]!r}" if missing else f"unknown key {unknown[0]!r}"
             raise CxrbenchError(f"{source}: not a cxrbench result record ({what})")
         return cls(**data)
-
-
-@functools.cache
-def code_version() -> str:
-    """``cxrbench`` version plus the git commit (``+g<sha>``, ``.dirty`` with local changes)."""
-    here = Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short=10", "HEAD"],
-            cwd=here,
-            timeout=5,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=here,
-            timeout=5,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return __version__
-    return f"{__version__}+g{sha}" + (".dirty" if dirty else "")

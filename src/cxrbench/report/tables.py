@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cxrbench.report.aggregate import Cell
-from cxrbench.report.schema import code_version
+from cxrbench.runner.provenance import code_version
 from cxrbench.utils.io import atomic_write_text
 
 

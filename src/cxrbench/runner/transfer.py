@@ -33,9 +33,10 @@ from cxrbench.errors import CxrbenchError
 from cxrbench.log import quiet_libraries
 from cxrbench.models.artifact import load_encoder
 from cxrbench.models.backbones import freeze
-from cxrbench.report.schema import ResultRecord, code_version
+from cxrbench.report.schema import ResultRecord
 from cxrbench.report.store import read_record, write_record
 from cxrbench.runner.pretrain import preset_section
+from cxrbench.runner.provenance import code_version, device_name
 from cxrbench.tasks import TASKS
 from cxrbench.tasks.base import Items, Task, TaskConfig, TaskData
 from cxrbench.utils.io import atomic_write_text
@@ -231,19 +232,11 @@ def run_transfer(
         data_fingerprint=data.fingerprint,
         probe_mode="cached" if cached else "augment",
         wall_seconds=round(time.perf_counter() - start, 2),
-        device=_device(trainer),
+        device=device_name(trainer.strategy.root_device),
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
     write_record(result, record)
     return record
-
-
-def _device(trainer: L.Trainer) -> str:
-    if trainer.strategy.root_device.type == "cuda":
-        return torch.cuda.get_device_name(trainer.strategy.root_device)
-    import platform
-
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def _claim(run_dir: Path, job: TransferJob, artifact: Path) -> None:
