@@ -3,7 +3,6 @@ the CLI; skipping, re-running one deleted result, resuming a killed run to the s
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -123,4 +122,34 @@ def test_bad_suite_and_task_names(bench_dirs, tmp_path, capsys) -> None:
     assert main(["bench", "--suite", str(suite), *dirs]) == 2
     err = capsys.readouterr().err
     assert str(suite) in err and "fractons" in err
-    json.dumps({})
+
+
+def test_mgca_exact_augment_mode_is_recorded(synth_tiny, tmp_path) -> None:
+    """probe.augment=true: images each epoch (CheXpert's Moco2 policy), no cache, recorded."""
+    from cxrbench.data.features import FeatureCache
+    from cxrbench.runner.pretrain import load_config, run_pretrain
+    from cxrbench.runner.transfer import load_task, run_transfer
+
+    artifact = run_pretrain(load_config("random_init", "tiny"), synth_tiny, tmp_path / "enc")
+    sets = ["probe.augment=true", "probe.policy=moco2", "train.max_epochs=2",
+            "trainer.progress=false"]  # fmt: skip
+    job = load_task("chexpert_cls", "tiny", sets)
+    cached_job = load_task("chexpert_cls", "tiny", ["trainer.progress=false"])
+    assert job.config_hash != cached_job.config_hash
+    cache = FeatureCache(tmp_path / "cache")
+    record = run_transfer(job, artifact, synth_tiny, fraction=1.0, seed=0,
+                          run_dir=tmp_path / "run", cache=cache)  # fmt: skip
+    assert record.probe_mode == "augment" and 0 <= record.value <= 1
+    assert (cache.hits, cache.misses) == (0, 0)
+
+
+def test_moco2_augmentation_varies_and_stays_normalised() -> None:
+    import numpy as np
+    import torch
+
+    from cxrbench.data.transforms import moco2_image
+
+    image = (np.random.default_rng(0).random((80, 80)) * 255).astype(np.uint8)
+    views = [moco2_image(image, 72, 64, torch.Generator().manual_seed(s)) for s in range(6)]
+    assert all(v.shape == (3, 64, 64) and v.min() >= -1 and v.max() <= 1 for v in views)
+    assert len({round(float(v.sum()), 3) for v in views}) == 6

@@ -63,3 +63,39 @@ def mgca_image(
 ) -> torch.Tensor:
     """The whole MGCA chain: resize + pad to ``resize``, crop ``size``, tensor, normalise."""
     return to_tensor(crop(resize_pad(image, resize), size, train=train, generator=generator))
+
+
+def moco2_image(
+    image: np.ndarray, resize: int, size: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """MGCA's ``Moco2Transform`` (its CheXpert probe augmentation) on a grayscale radiograph.
+
+    Random crop, colour jitter with p = 0.8 (brightness and contrast ±0.4; saturation and hue do
+    nothing to a grey image, and random grayscale is a no-op for the same reason), Gaussian blur
+    with p = 0.5 (σ ∈ [0.1, 2.0] px) and a horizontal flip with p = 0.5, then normalisation.
+    """
+
+    def u(lo: float, hi: float) -> float:
+        return lo + (hi - lo) * float(torch.rand((), generator=generator))
+
+    x = (
+        torch.from_numpy(
+            np.ascontiguousarray(
+                crop(resize_pad(image, resize), size, train=True, generator=generator)
+            )
+        )
+        .float()
+        .div_(255.0)
+    )
+    if u(0, 1) < 0.8:
+        x = (x * u(0.6, 1.4)).clamp_(0, 1)
+        mean = x.mean()
+        x = ((x - mean) * u(0.6, 1.4) + mean).clamp_(0, 1)
+    if u(0, 1) < 0.5:
+        sigma = u(0.1, 2.0)
+        k = max(3, int(2 * round(3 * sigma) + 1))
+        x = torch.from_numpy(cv2.GaussianBlur(x.numpy(), (k, k), sigma))
+    if u(0, 1) < 0.5:
+        x = x.flip(-1)
+    x = x.sub_(MEAN).div_(STD)
+    return x.unsqueeze(0).expand(3, -1, -1).contiguous()

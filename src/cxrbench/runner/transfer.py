@@ -70,6 +70,8 @@ def load_task(name: str, preset: str = "small", overrides: list[str] | None = No
             plain.get(head, {}).pop(tail, None)
         else:
             plain.pop(head, None)
+    if not cfg.probe.augment:  # the augmentation policy only matters when augmenting
+        plain["probe"].pop("policy", None)
     plain["task"] = {"name": name, **cls.describe()}
     return TransferJob(cls(name, cfg), cfg, config_hash(plain))
 
@@ -91,6 +93,13 @@ class _Rows(Dataset[dict[str, Any]]):
         from cxrbench.data.transforms import mgca_image
 
         augment = self.train and self.cfg.probe.augment
+        if augment and self.cfg.probe.policy == "moco2":
+            from cxrbench.data.transforms import moco2_image
+
+            image = moco2_image(
+                read_image(self.items.paths[i]), self.cfg.image.resize, self.cfg.image.crop
+            )
+            return {"image": image, "label": self.labels[i]}
         image = mgca_image(
             read_image(self.items.paths[i]),
             self.cfg.image.resize,

@@ -34,6 +34,7 @@ class ImageSpec:
 class ProbeSpec:
     finetune: bool = False  # False: frozen encoder in eval mode + head (the mgca protocol)
     augment: bool = False  # True: MGCA's training augmentation, features not cached
+    policy: str = "crop"  # augmentation when augmenting: "crop" (DataTransforms) or "moco2"
 
 
 @dataclass
