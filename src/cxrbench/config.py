@@ -109,6 +109,19 @@ def to_plain(obj: Any) -> Any:
     return OmegaConf.to_container(OmegaConf.structured(obj), resolve=True)
 
 
+def without_keys(plain: dict[str, Any], dotted: Iterable[str]) -> dict[str, Any]:
+    """``plain`` without the given dotted keys (``"data"`` drops a section, ``"data.workers"`` a
+    key): what does not change a result stays out of its config hash."""
+    for key in dotted:
+        node: Any = plain
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return plain
+
+
 def config_hash(obj: Any) -> str:
     """sha256 (first 16 hex digits) of the canonical JSON of a config: key order does not matter."""
     text = json.dumps(to_plain(obj), sort_keys=True, separators=(",", ":"), default=str)

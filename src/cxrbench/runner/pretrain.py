@@ -28,6 +28,7 @@ from cxrbench.config import (
     packaged_config,
     parse_overrides,
     to_plain,
+    without_keys,
 )
 from cxrbench.data.roots import dataset_folder
 from cxrbench.errors import ConfigError, CxrbenchError
@@ -95,11 +96,7 @@ def preset_section(preset: str, section: str) -> Layer:
 
 
 def hash_config(cfg: PretrainConfig) -> str:
-    plain = to_plain(cfg)
-    for dotted in NON_RESULT_KEYS:
-        head, _, tail = dotted.partition(".")
-        plain.get(head, {}).pop(tail, None)
-    return config_hash(plain)
+    return config_hash(without_keys(to_plain(cfg), NON_RESULT_KEYS))
 
 
 def resolve_text_model(job: PretrainJob, mimic_root: Path, progress: bool) -> Path | None:

@@ -27,6 +27,7 @@ from cxrbench.config import (
     packaged_config,
     parse_overrides,
     to_plain,
+    without_keys,
 )
 from cxrbench.data.features import FeatureCache, feature_key
 from cxrbench.errors import CxrbenchError
@@ -63,15 +64,8 @@ def load_task(name: str, preset: str = "small", overrides: list[str] | None = No
     cfg = build(TaskConfig, layers)
     if cfg.dataset != cls.dataset:
         raise CxrbenchError(f"task {name!r} reads {cls.dataset!r}, its config says {cfg.dataset!r}")
-    plain = to_plain(cfg)
-    for dotted in NON_RESULT_KEYS:
-        head, _, tail = dotted.partition(".")
-        if tail:
-            plain.get(head, {}).pop(tail, None)
-        else:
-            plain.pop(head, None)
-    if not cfg.probe.augment:  # the augmentation policy only matters when augmenting
-        plain["probe"].pop("policy", None)
+    ignored = [*NON_RESULT_KEYS, *([] if cfg.probe.augment else ["probe.policy"])]
+    plain = without_keys(to_plain(cfg), ignored)  # the policy only matters when augmenting
     plain["task"] = {"name": name, **cls.describe()}
     return TransferJob(cls(name, cfg), cfg, config_hash(plain))
 
