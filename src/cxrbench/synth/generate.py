@@ -16,6 +16,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from cxrbench.data.formats import mimic as mimic_format
 from cxrbench.errors import CxrbenchError
 
 from . import layouts
@@ -86,14 +87,14 @@ def _write_tables(out: Path, jobs: list, rows: list[Any]) -> dict[str, int]:
     mimic = out / "mimic-cxr-jpg"
     m = by[("mimic", "")]
     write_gz_csv(
-        mimic / "mimic-cxr-2.0.0-split.csv.gz",
+        mimic / mimic_format.SPLIT_FILE,
         ["dicom_id,study_id,subject_id,split"] + [r for x in m for r in x["split"]],
     )
     write_gz_csv(
-        mimic / "mimic-cxr-2.0.0-metadata.csv.gz", [MIMIC_META] + [r for x in m for r in x["meta"]]
+        mimic / mimic_format.METADATA_FILE, [MIMIC_META] + [r for x in m for r in x["meta"]]
     )
     write_gz_csv(
-        mimic / "mimic-cxr-2.0.0-chexpert.csv.gz",
+        mimic / mimic_format.CHEXPERT_FILE,
         ["subject_id,study_id," + ",".join(OBSERVATIONS)] + [r for x in m for r in x["chexpert"]],
     )
     inner = out / "chexpert" / "CheXpert-v1.0-small"

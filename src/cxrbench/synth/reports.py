@@ -13,13 +13,9 @@ import re
 
 import numpy as np
 
-from .findings import Finding
+from cxrbench.data.formats.chexpert import OBSERVATIONS
 
-OBSERVATIONS = (
-    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",
-    "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
-    "Pleural Other", "Fracture", "Support Devices",
-)  # fmt: skip
+from .findings import Finding
 
 SEVERITY = ((0.75, ("small", "mild", "minimal")), (1.05, ("moderate",)), (9, ("large", "severe")))
 SIDE = {"right": "right", "left": "left", "bilateral": "bilateral"}
