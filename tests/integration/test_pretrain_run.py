@@ -91,3 +91,21 @@ def test_two_process_ddp_on_gloo(pairs_corpus, text_model, tmp_path) -> None:
     trained = safetensors.torch.load_file(artifact / "encoder.safetensors")
     initial = safetensors.torch.load_file(init / "encoder.safetensors")
     assert any(not torch.equal(trained[k], initial[k]) for k in trained)
+
+
+def test_report_text_never_reaches_logs(pairs_corpus, text_model, tmp_path, caplog, capfd):
+    """Patient text stays out of logs and output: pre-train with INFO logging on and look for
+    every report sentence of the corpus in what was logged and printed."""
+    import logging
+
+    from cxrbench.data.pretrain import load_pairs
+    from cxrbench.models.text_pretrain import pretrain_text
+
+    caplog.set_level(logging.DEBUG)
+    pretrain_text(pairs_corpus, tmp_path / "bert", preset="tiny", progress=False)
+    run_pretrain(_job(text_model, 1), pairs_corpus, tmp_path / "run")
+    printed = capfd.readouterr()
+    seen = caplog.text + printed.out + printed.err
+    texts = {p.text for p in load_pairs(pairs_corpus / "mimic-cxr-jpg", "train")}
+    assert texts and not any(t in seen for t in texts)
+    assert "pleural effusion" not in seen.lower()
