@@ -109,3 +109,12 @@ def test_report_text_never_reaches_logs(pairs_corpus, text_model, tmp_path, capl
     texts = {p.text for p in load_pairs(pairs_corpus / "mimic-cxr-jpg", "train")}
     assert texts and not any(t in seen for t in texts)
     assert "pleural effusion" not in seen.lower()
+
+
+def test_export_from_a_checkpoint_equals_the_finished_artifact(pairs_corpus, text_model, tmp_path):
+    artifact = run_pretrain(_job(text_model, 1), pairs_corpus, tmp_path / "run")
+    assert main(["export", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "exp")]) == 0
+    a = safetensors.torch.load_file(artifact / "encoder.safetensors")
+    b = safetensors.torch.load_file(tmp_path / "exp" / "encoder.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert read_meta(tmp_path / "exp")["config_hash"] == read_meta(artifact)["config_hash"]
