@@ -115,7 +115,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain_text(args: argparse.Namespace) -> int:
-    from cxrbench.models.text_pretrain import pretrain_text
+    from cxrbench.models.text_corpus import pretrain_text
 
     summary = pretrain_text(Path(args.root), Path(args.out) if args.out else None,
                             preset=args.preset, seed=args.seed, force=args.force,

@@ -99,7 +99,7 @@ def test_report_text_never_reaches_logs(pairs_corpus, text_model, tmp_path, capl
     import logging
 
     from cxrbench.data.pretrain import load_pairs
-    from cxrbench.models.text_pretrain import pretrain_text
+    from cxrbench.models.text_corpus import pretrain_text
 
     caplog.set_level(logging.DEBUG)
     pretrain_text(pairs_corpus, tmp_path / "bert", preset="tiny", progress=False)

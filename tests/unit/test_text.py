@@ -22,12 +22,9 @@ from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, BertTo
 from cxrbench.errors import CxrbenchError
 from cxrbench.models import text_pretrain
 from cxrbench.models.text import TextEncoder, check_model_dir
-from cxrbench.models.text_pretrain import (
-    corpus_texts,
-    learn_wordpiece_vocab,
-    pretrain_text,
-    train_text_model,
-)
+from cxrbench.models.text_corpus import corpus_texts, pretrain_text
+from cxrbench.models.text_pretrain import train_text_model
+from cxrbench.models.wordpiece import learn_wordpiece_vocab
 
 FINDINGS = (
     "no pneumothorax",

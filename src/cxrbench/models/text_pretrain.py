@@ -22,25 +22,21 @@ cxrbench, so that ``AutoModel`` loads it without missing weights) as ``model.saf
 (settings, a sha256 of the texts, sizes and the metrics above; never any report text). It is
 written to a temporary sibling folder and renamed into place, so an interrupted run leaves nothing.
 
-:func:`pretrain_text` reads the official ``train`` split of a MIMIC-CXR-JPG folder (cleaned texts
-of frontal-image studies, one text per study) and trains with a preset.
+The vocabulary comes from :mod:`cxrbench.models.wordpiece`; reading a corpus and its presets
+are in :mod:`cxrbench.models.text_corpus`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import heapq
-import itertools
 import json
 import logging
 import math
 import os
 import shutil
-import string
 import tempfile
 import time
-from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -53,22 +49,13 @@ from rich import progress as rp
 from torch import Tensor
 
 from cxrbench.errors import CxrbenchError
+from cxrbench.models.wordpiece import build_tokenizer
 
 log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "training_summary.json"
-SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 HELDOUT_FRACTION = 0.05
-ALPHABET = string.ascii_lowercase + string.digits + string.punctuation
-MIN_MERGE_COUNT = 2
-_SMALL = {"vocab_size": 4000, "layers": 4, "hidden": 256, "heads": 4, "intermediate": 1024}
-PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {"vocab_size": 1000, "layers": 2, "hidden": 64, "heads": 2, "intermediate": 256,
-             "epochs": 2, "batch_size": 32, "lr": 2e-3},
-    "small": {**_SMALL, "epochs": 2, "batch_size": 32, "lr": 5e-4},
-    "paper": {**_SMALL, "epochs": 20, "batch_size": 32, "lr": 5e-4},
-}  # fmt: skip
-"""Sizes of :func:`pretrain_text`; ``max_length`` is 112 (MGCA) and ``mask_prob`` 0.15 for all."""
+
 MIN_EVAL_MASKED = 2000
 """The held-out texts are masked repeatedly (up to 20 times) to give about this many predictions."""
 
@@ -93,86 +80,6 @@ def text_settings(texts: list[str], **params: Any) -> dict[str, Any]:
     for text in texts:
         digest.update(text.encode("utf-8") + b"\0")
     return {**params, "num_texts": len(texts), "texts_sha256": digest.hexdigest()}
-
-
-def _merge(pieces: list[str], pair: tuple[str, str], merged: str) -> list[str]:
-    """``pieces`` with every left-to-right occurrence of ``pair`` replaced by ``merged``."""
-    out: list[str] = []
-    i = 0
-    while i < len(pieces):
-        if i + 1 < len(pieces) and (pieces[i], pieces[i + 1]) == pair:
-            out.append(merged)
-            i += 2
-        else:
-            out.append(pieces[i])
-            i += 1
-    return out
-
-
-def learn_wordpiece_vocab(words: Counter[str], vocab_size: int) -> list[str]:
-    """WordPiece vocabulary by greedy pair merging (as ``tokenizers``' trainer), deterministic.
-
-    Start: the special tokens, then every character (and its ``##`` form) of the words and of
-    ASCII; then repeatedly merge the most frequent adjacent pair (ties: smallest pair) until
-    ``vocab_size`` tokens or no pair occurs ``MIN_MERGE_COUNT`` times.
-    """
-    chars = set(ALPHABET).union(*words)
-    vocab = [*SPECIAL_TOKENS, *sorted(chars), *sorted(f"##{c}" for c in chars)]
-    known = set(vocab)
-    entries = sorted(words.items())
-    pieces = [[w[0], *(f"##{c}" for c in w[1:])] for w, _ in entries]
-    pairs: Counter[tuple[str, str]] = Counter()
-    where: dict[tuple[str, str], set[int]] = defaultdict(set)
-    for i, (symbols, (_, n)) in enumerate(zip(pieces, entries, strict=True)):
-        for pair in itertools.pairwise(symbols):
-            pairs[pair] += n
-            where[pair].add(i)
-    heap = [(-n, pair) for pair, n in pairs.items()]
-    heapq.heapify(heap)
-    while heap and len(vocab) < vocab_size:
-        count, pair = heapq.heappop(heap)
-        if -count != pairs[pair]:
-            continue  # stale entry
-        if -count < MIN_MERGE_COUNT:
-            break
-        merged = pair[0] + pair[1].removeprefix("##")
-        if merged not in known:
-            vocab.append(merged)
-            known.add(merged)
-        for i in sorted(where.pop(pair)):
-            old, new, n = pieces[i], _merge(pieces[i], pair, merged), entries[i][1]
-            for p in itertools.pairwise(old):
-                pairs[p] -= n
-            for p in itertools.pairwise(new):
-                pairs[p] += n
-                where[p].add(i)
-                heapq.heappush(heap, (-pairs[p], p))
-            pieces[i] = new
-    return vocab
-
-
-def build_tokenizer(texts: list[str], vocab_size: int, max_length: int) -> Any:
-    """Learn a WordPiece vocabulary on ``texts``; return a ``transformers`` fast BERT tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from transformers import BertTokenizerFast  # type: ignore[attr-defined]
-
-    normalizer = normalizers.BertNormalizer(lowercase=True)
-    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    words: Counter[str] = Counter()
-    for text in texts:
-        words.update(w for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
-    vocab = {token: i for i, token in enumerate(learn_wordpiece_vocab(words, vocab_size))}
-    backend = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
-    backend.normalizer, backend.pre_tokenizer = normalizer, pre_tokenizer
-    backend.decoder = decoders.WordPiece(prefix="##")
-    backend.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
-    )
-    return BertTokenizerFast(
-        tokenizer_object=backend, do_lower_case=True, model_max_length=max_length
-    )
 
 
 def _encode(tokenizer: Any, texts: list[str], max_length: int) -> tuple[Tensor, Tensor]:
@@ -487,73 +394,3 @@ def train_text_model(
         out_dir, before["loss"], after["loss"], before["accuracy"], after["accuracy"],
     )  # fmt: skip
     return summary
-
-
-def mimic_folder(corpus_root: Path) -> Path:
-    """The MIMIC-CXR-JPG folder: ``corpus_root/mimic-cxr-jpg`` if present, else ``corpus_root``."""
-    from cxrbench.data.formats import mimic
-
-    root = Path(corpus_root)
-    return root / mimic.FOLDER if (root / mimic.FOLDER).is_dir() else root
-
-
-def corpus_texts(folder: Path) -> list[str]:
-    """Cleaned texts of the official ``train`` split, one per study (frontal images, file order)."""
-    from cxrbench.data.formats import mimic
-
-    index = mimic.read(folder)
-    train = dataclasses.replace(
-        index, images=tuple(image for image in index.images if image.split == "train")
-    )
-    texts: dict[str, str] = {}
-    for image, text in mimic.pairs(train):
-        texts.setdefault(image.study_id, text)
-    return list(texts.values())
-
-
-def read_summary(out_dir: Path) -> dict[str, Any] | None:
-    """The ``training_summary.json`` of a trained model folder, or None when there is none."""
-    path = Path(out_dir) / SUMMARY_FILE
-    if not path.is_file():
-        return None
-    summary: dict[str, Any] = json.loads(path.read_text("utf-8"))
-    return summary
-
-
-def pretrain_text(
-    corpus_root: Path,
-    out_dir: Path | None = None,
-    *,
-    preset: str = "small",
-    seed: int = 0,
-    progress: bool = True,
-    force: bool = False,
-    device: str = "cpu",
-) -> dict[str, Any]:
-    """Train (or reuse) the corpus text model of ``preset`` on a MIMIC-layout corpus.
-
-    ``corpus_root`` is a data root holding ``mimic-cxr-jpg/`` or that folder itself; ``out_dir``
-    defaults to ``<mimic folder>/cxrbench-text-bert-<preset>``. A complete model with the same
-    settings (and texts) there is returned without retraining; one with other settings is an
-    error unless ``force``. ``device`` (e.g. ``"cuda"``) is where to train; only CPU runs are
-    bit-reproducible. The returned summary has ``path`` and ``reused`` added.
-    """
-    if preset not in PRESETS:
-        raise CxrbenchError(f"unknown text preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    folder = mimic_folder(corpus_root)
-    out = Path(out_dir) if out_dir is not None else folder / f"cxrbench-text-bert-{preset}"
-    texts = corpus_texts(folder)
-    if len(texts) < 2:
-        raise CxrbenchError(f"{folder}: {len(texts)} train-split report(s) with text; need 2+")
-    params = {**PRESETS[preset], "max_length": 112, "mask_prob": 0.15, "seed": seed}
-    existing = read_summary(out)
-    if existing is not None and not force:
-        if existing.get("settings") == text_settings(texts, **params):
-            log.info("text model %s is up to date; not retraining", out)
-            return {**existing, "path": str(out), "reused": True}
-        raise CxrbenchError(
-            f"{out}: holds a text model trained with other settings or texts; pass another "
-            "output folder, remove it, or retrain with force"
-        )
-    summary = train_text_model(texts, out, progress=progress, device=device, **params)
-    return {**summary, "path": str(out), "reused": False}

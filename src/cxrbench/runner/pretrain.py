@@ -105,7 +105,7 @@ def resolve_text_model(job: PretrainJob, mimic_root: Path, progress: bool) -> Pa
         return None
     if job.cfg.text.model != "auto":
         return Path(job.cfg.text.model)
-    from cxrbench.models.text_pretrain import pretrain_text
+    from cxrbench.models.text_corpus import pretrain_text
 
     text_preset = "tiny" if job.preset == "tiny" else "small"
     summary = pretrain_text(mimic_root, preset=text_preset, seed=0, progress=progress)

@@ -1,0 +1,99 @@
+"""The corpus text model: train (or reuse) a small BERT on a MIMIC-layout corpus's reports.
+
+``pretrain_text`` reads the official ``train`` split of a MIMIC-CXR-JPG folder (the cleaned texts
+of frontal-image studies, one per study) and trains with a preset (``tiny``, ``small``,
+``paper``) through :func:`cxrbench.models.text_pretrain.train_text_model`; a complete model with
+the same settings and texts is reused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from cxrbench.errors import CxrbenchError
+from cxrbench.models.text_pretrain import SUMMARY_FILE, text_settings, train_text_model
+
+log = logging.getLogger(__name__)
+
+_SMALL = {"vocab_size": 4000, "layers": 4, "hidden": 256, "heads": 4, "intermediate": 1024}
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {"vocab_size": 1000, "layers": 2, "hidden": 64, "heads": 2, "intermediate": 256,
+             "epochs": 2, "batch_size": 32, "lr": 2e-3},
+    "small": {**_SMALL, "epochs": 2, "batch_size": 32, "lr": 5e-4},
+    "paper": {**_SMALL, "epochs": 20, "batch_size": 32, "lr": 5e-4},
+}  # fmt: skip
+"""Sizes of :func:`pretrain_text`; ``max_length`` is 112 (MGCA) and ``mask_prob`` 0.15 for all."""
+
+
+def mimic_folder(corpus_root: Path) -> Path:
+    """The MIMIC-CXR-JPG folder: ``corpus_root/mimic-cxr-jpg`` if present, else ``corpus_root``."""
+    from cxrbench.data.formats import mimic
+
+    root = Path(corpus_root)
+    return root / mimic.FOLDER if (root / mimic.FOLDER).is_dir() else root
+
+
+def corpus_texts(folder: Path) -> list[str]:
+    """Cleaned texts of the official ``train`` split, one per study (frontal images, file order)."""
+    from cxrbench.data.formats import mimic
+
+    index = mimic.read(folder)
+    train = dataclasses.replace(
+        index, images=tuple(image for image in index.images if image.split == "train")
+    )
+    texts: dict[str, str] = {}
+    for image, text in mimic.pairs(train):
+        texts.setdefault(image.study_id, text)
+    return list(texts.values())
+
+
+def read_summary(out_dir: Path) -> dict[str, Any] | None:
+    """The ``training_summary.json`` of a trained model folder, or None when there is none."""
+    path = Path(out_dir) / SUMMARY_FILE
+    if not path.is_file():
+        return None
+    summary: dict[str, Any] = json.loads(path.read_text("utf-8"))
+    return summary
+
+
+def pretrain_text(
+    corpus_root: Path,
+    out_dir: Path | None = None,
+    *,
+    preset: str = "small",
+    seed: int = 0,
+    progress: bool = True,
+    force: bool = False,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Train (or reuse) the corpus text model of ``preset`` on a MIMIC-layout corpus.
+
+    ``corpus_root`` is a data root holding ``mimic-cxr-jpg/`` or that folder itself; ``out_dir``
+    defaults to ``<mimic folder>/cxrbench-text-bert-<preset>``. A complete model with the same
+    settings (and texts) there is returned without retraining; one with other settings is an
+    error unless ``force``. ``device`` (e.g. ``"cuda"``) is where to train; only CPU runs are
+    bit-reproducible. The returned summary has ``path`` and ``reused`` added.
+    """
+    if preset not in PRESETS:
+        raise CxrbenchError(f"unknown text preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    folder = mimic_folder(corpus_root)
+    out = Path(out_dir) if out_dir is not None else folder / f"cxrbench-text-bert-{preset}"
+    texts = corpus_texts(folder)
+    if len(texts) < 2:
+        raise CxrbenchError(f"{folder}: {len(texts)} train-split report(s) with text; need 2+")
+    params = {**PRESETS[preset], "max_length": 112, "mask_prob": 0.15, "seed": seed}
+    existing = read_summary(out)
+    if existing is not None and not force:
+        if existing.get("settings") == text_settings(texts, **params):
+            log.info("text model %s is up to date; not retraining", out)
+            return {**existing, "path": str(out), "reused": True}
+        raise CxrbenchError(
+            f"{out}: holds a text model trained with other settings or texts; pass another "
+            "output folder, remove it, or retrain with force"
+        )
+    summary = train_text_model(texts, out, progress=progress, device=device, **params)
+    return {**summary, "path": str(out), "reused": False}
