@@ -63,3 +63,15 @@ def test_unknown_method_suggests_the_nearest() -> None:
 
     with pytest.raises(RegistryError, match="Did you mean 'convirt'"):
         load_config("convirt_v2", "tiny")
+
+
+def test_config_hash_tracks_what_changes_the_encoder() -> None:
+    """Schedules change a trained encoder, not an untrained one; paths and workers change none."""
+
+    def h(method: str, *sets: str) -> str:
+        return load_config(method, "tiny", list(sets)).config_hash
+
+    assert h("convirt") != h("convirt", "trainer.max_epochs=3")
+    assert h("random_init") == h("random_init", "trainer.max_epochs=3", "optim.lr=0.1")
+    assert h("random_init") != h("random_init", "data.crop=96")  # the input size matters
+    assert h("convirt") == h("convirt", "data.workers=3", "data.mimic=/elsewhere")

@@ -96,7 +96,12 @@ def preset_section(preset: str, section: str) -> Layer:
 
 
 def hash_config(cfg: PretrainConfig) -> str:
-    return config_hash(without_keys(to_plain(cfg), NON_RESULT_KEYS))
+    plain = without_keys(to_plain(cfg), NON_RESULT_KEYS)
+    if not METHODS.get(cfg.method).trains:  # nothing is trained: schedules change nothing
+        crop = plain["data"]["crop"]
+        plain = without_keys(plain, ["optim", "trainer", "text", "loss_weights", "data"])
+        plain["data"] = {"crop": crop}
+    return config_hash(plain)
 
 
 def resolve_text_model(job: PretrainJob, mimic_root: Path, progress: bool) -> Path | None:
