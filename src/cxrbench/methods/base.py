@@ -39,6 +39,7 @@ class BackboneSpec:
     weights: str | None = None  # None (random), "imagenet", or a local weights file
     upsample_to: int | None = None  # MGCA/GLoRIA feed ResNet-50 a 299-px upsampled input
     tokens_from: str = "c4"
+    width: int | None = None  # stem width of the `tiny` ResNet-18 layout (None: its default, 16)
 
 
 @dataclass

@@ -57,7 +57,10 @@ M = TypeVar("M", bound=nn.Module)
 
 @dataclass
 class Features:
-    """What every backbone returns: maps (B, C, H, W); ``tokens`` (B, N, Dt) on ``token_grid``."""
+    """What every backbone returns: maps (B, C, H, W); ``tokens`` (B, N, Dt) on ``token_grid``.
+
+    ``c1`` (stride 2, the stem) and ``c2`` (stride 4) exist for convolutional backbones only: the
+    full-resolution skips of a U-Net decoder. They are not part of ``feature_dims``."""
 
     pooled: Tensor
     c3: Tensor
@@ -65,6 +68,8 @@ class Features:
     c5: Tensor
     tokens: Tensor
     token_grid: tuple[int, int]
+    c1: Tensor | None = None
+    c2: Tensor | None = None
 
 
 class Backbone(nn.Module):
@@ -157,14 +162,15 @@ class ResNetBackbone(Backbone):
         if self.upsample_to is not None:
             size = (self.upsample_to, self.upsample_to)
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=True)
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        c3 = self.layer2(self.layer1(x))
+        c1 = self.relu(self.bn1(self.conv1(x)))
+        c2 = self.layer1(self.maxpool(c1))
+        c3 = self.layer2(c2)
         c4 = self.layer3(c3)
         c5 = self.layer4(c4)
         pooled = torch.flatten(F.adaptive_avg_pool2d(c5, 1), 1)
         src = c4 if self.tokens_from == "c4" else c5
         tokens = src.flatten(2).transpose(1, 2)  # a view for channels_last maps
-        return Features(pooled, c3, c4, c5, tokens, (src.shape[-2], src.shape[-1]))
+        return Features(pooled, c3, c4, c5, tokens, (src.shape[-2], src.shape[-1]), c1, c2)
 
 
 def _make_stage(

@@ -23,7 +23,8 @@ _SMALL = {"vocab_size": 4000, "layers": 4, "hidden": 256, "heads": 4, "intermedi
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"vocab_size": 1000, "layers": 2, "hidden": 64, "heads": 2, "intermediate": 256,
              "epochs": 2, "batch_size": 32, "lr": 2e-3},
-    "small": {**_SMALL, "epochs": 2, "batch_size": 32, "lr": 5e-4},
+    "small": {"vocab_size": 4000, "layers": 2, "hidden": 128, "heads": 4, "intermediate": 512,
+              "epochs": 4, "batch_size": 32, "lr": 1e-3},
     "paper": {**_SMALL, "epochs": 20, "batch_size": 32, "lr": 5e-4},
 }  # fmt: skip
 """Sizes of :func:`pretrain_text`; ``max_length`` is 112 (MGCA) and ``mask_prob`` 0.15 for all."""

@@ -125,6 +125,8 @@ def build_method(job: PretrainJob, text_path: Path | None) -> PretrainMethod:
     options: dict[str, Any] = {"tokens_from": b.tokens_from}
     if b.upsample_to is not None:
         options["upsample_to"] = b.upsample_to
+    if b.width is not None:
+        options["width"] = b.width
     backbone = build_backbone(b.name, weights=b.weights, image_size=cfg.data.crop, **options)
     text = None
     if text_path is not None:

@@ -16,9 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from omegaconf import OmegaConf
-from torch.utils.data import DataLoader, Dataset
 
 from cxrbench.config import (
     build,
@@ -29,7 +27,7 @@ from cxrbench.config import (
     to_plain,
     without_keys,
 )
-from cxrbench.data.features import FeatureCache, feature_key
+from cxrbench.data.features import FeatureCache
 from cxrbench.errors import CxrbenchError
 from cxrbench.log import quiet_libraries
 from cxrbench.models.artifact import load_encoder
@@ -39,7 +37,7 @@ from cxrbench.report.store import read_record, write_record
 from cxrbench.runner.pretrain import preset_section
 from cxrbench.runner.provenance import code_version, device_name
 from cxrbench.tasks import TASKS
-from cxrbench.tasks.base import Items, Task, TaskConfig, TaskData
+from cxrbench.tasks.base import Task, TaskConfig
 from cxrbench.utils.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -70,57 +68,7 @@ def load_task(name: str, preset: str = "small", overrides: list[str] | None = No
     return TransferJob(cls(name, cfg), cfg, config_hash(plain))
 
 
-class _Rows(Dataset[dict[str, Any]]):
-    """Cached features (or images, transformed on the fly) with their labels."""
-
-    def __init__(self, items: Items, features: torch.Tensor | None, cfg: TaskConfig, train: bool):
-        self.items, self.features, self.cfg, self.train = items, features, cfg, train
-        self.labels = torch.from_numpy(items.labels)
-
-    def __len__(self) -> int:
-        return len(self.items.ids)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        if self.features is not None:
-            return {"features": self.features[i], "label": self.labels[i]}
-        from cxrbench.data.codecs import read_image
-        from cxrbench.data.transforms import mgca_image
-
-        augment = self.train and self.cfg.probe.augment
-        if augment and self.cfg.probe.policy == "moco2":
-            from cxrbench.data.transforms import moco2_image
-
-            image = moco2_image(
-                read_image(self.items.paths[i]), self.cfg.image.resize, self.cfg.image.crop
-            )
-            return {"image": image, "label": self.labels[i]}
-        image = mgca_image(
-            read_image(self.items.paths[i]),
-            self.cfg.image.resize,
-            self.cfg.image.crop,
-            train=augment,
-        )
-        return {"image": image, "label": self.labels[i]}
-
-
-def _cached_features(
-    job: TransferJob, data: TaskData, encoder: Any, sha: str, cache: FeatureCache
-) -> dict[str, torch.Tensor]:
-    """Features of the train fraction, val and test from the cache (whole parts are cached)."""
-    c = job.cfg
-    transform = {"resize": c.image.resize, "crop": c.image.crop, "view": "centre"}
-    out = {}
-    for part, items in (("train", data.train_all), ("val", data.val), ("test", data.test)):
-        key = feature_key(sha, job.task.dataset, part, items.ids, transform)
-        out[part] = cache.features(
-            key, encoder, items.paths, c.image.resize, c.image.crop, c.train.feature_batch_size
-        )
-    row = {ident: k for k, ident in enumerate(data.train_all.ids)}
-    out["train"] = out["train"][[row[i] for i in data.train.ids]]
-    return out
-
-
-def _trainer(job: TransferJob, run_dir: Path) -> tuple[L.Trainer, Any]:
+def _trainer(job: TransferJob, run_dir: Path, monitor: str, mode: str) -> tuple[L.Trainer, Any]:
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
     from lightning.pytorch.loggers import CSVLogger
 
@@ -131,15 +79,15 @@ def _trainer(job: TransferJob, run_dir: Path) -> tuple[L.Trainer, Any]:
     best = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="best",
-        monitor="val/loss",
-        mode="min",
+        monitor=monitor,
+        mode=mode,
         save_last=True,
         enable_version_counter=False,
     )
     callbacks: list[Any] = [
         best,
         RNGState(),
-        EarlyStopping(monitor="val/loss", mode="min", patience=c.patience),
+        EarlyStopping(monitor=monitor, mode=mode, patience=c.patience),
     ]
     if t.progress:
         callbacks.append(RichProgressBar(leave=False))
@@ -160,24 +108,6 @@ def _trainer(job: TransferJob, run_dir: Path) -> tuple[L.Trainer, Any]:
     return trainer, best
 
 
-def _loaders(job: TransferJob, data: TaskData, feats: dict[str, torch.Tensor] | None) -> list[Any]:
-    c = job.cfg.train
-    loaders = []
-    for part, items in (("train", data.train), ("val", data.val), ("test", data.test)):
-        rows = _Rows(items, feats[part] if feats else None, job.cfg, train=part == "train")
-        workers = 0 if feats else c.workers
-        loaders.append(
-            DataLoader(
-                rows,
-                batch_size=c.batch_size,
-                shuffle=part == "train",
-                num_workers=workers,
-                persistent_workers=workers > 0,
-            )
-        )
-    return loaders
-
-
 def run_transfer(
     job: TransferJob,
     artifact: Path,
@@ -189,8 +119,11 @@ def run_transfer(
     cache: FeatureCache,
     suite: str = "adhoc",
 ) -> ResultRecord:
-    """Run (or resume, or skip when done) one transfer job and return its result record."""
-    from cxrbench.systems.classification import ClassificationSystem
+    """Run (or resume, or skip when done) one transfer job and return its result record.
+
+    The system of the task's kind (``SYSTEMS``) builds the head and the loaders; everything else
+    (identity, encoder, seeding, checkpoints, resume, the record) is the same for every kind."""
+    from cxrbench.systems import SYSTEMS
 
     run_dir = Path(run_dir)
     result = run_dir / "result.json"
@@ -198,25 +131,32 @@ def run_transfer(
     if result.is_file():
         return read_record(result)
     start = time.perf_counter()
+    system_cls = SYSTEMS.get(job.task.kind)
     encoder, meta = load_encoder(Path(artifact))
     data = job.task.data(Path(data_root), fraction)
-    cached = not job.cfg.probe.augment and not job.cfg.probe.finetune
     if not job.cfg.probe.finetune:
         freeze(encoder)
-    feats = _cached_features(job, data, encoder, meta["sha256"], cache) if cached else None
     L.seed_everything(seed, workers=True, verbose=False)
-    head = torch.nn.Linear(meta["feature_dims"]["pooled"], len(data.classes))
-    system = ClassificationSystem(
-        head, job.cfg, data.label_kind, job.task.metric, data.classes, None if cached else encoder
-    )
-    trainer, best = _trainer(job, run_dir)
-    train, val, test = _loaders(job, data, feats)
+    prepared = system_cls.prepare(job.task, job.cfg, data, encoder, meta, cache)
+    system = prepared.system
+    trainer, best = _trainer(job, run_dir, system_cls.monitor, system_cls.monitor_mode)
     last = run_dir / "checkpoints" / "last.ckpt"
-    trainer.fit(system, train, val, ckpt_path=last if last.is_file() else None, weights_only=True)
-    trainer.test(
-        system, test, ckpt_path=best.best_model_path or None, verbose=False, weights_only=True
+    trainer.fit(
+        system,
+        prepared.train,
+        prepared.val,
+        ckpt_path=last if last.is_file() else None,
+        weights_only=True,
     )
-    metrics = {**system.test_results, "val/loss": float(best.best_model_score or float("nan"))}
+    trainer.test(
+        system,
+        prepared.test,
+        ckpt_path=best.best_model_path or None,
+        verbose=False,
+        weights_only=True,
+    )
+    selected = float(best.best_model_score if best.best_model_score is not None else float("nan"))
+    metrics = {**system.test_results, system_cls.monitor: selected}
     record = ResultRecord(
         suite=suite,
         method=str(meta["method"]),
@@ -233,7 +173,7 @@ def run_transfer(
         encoder_sha256=str(meta["sha256"]),
         split_hash=data.split_hash,
         data_fingerprint=data.fingerprint,
-        probe_mode="cached" if cached else "augment",
+        probe_mode=prepared.probe_mode,
         wall_seconds=round(time.perf_counter() - start, 2),
         device=device_name(trainer.strategy.root_device),
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),

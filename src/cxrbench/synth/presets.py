@@ -14,15 +14,15 @@ from dataclasses import dataclass, field, replace
 class Difficulty:
     """Peak amplitudes (on a [0, 1] image) of each finding and of the nuisances."""
 
-    consolidation: float = 0.18
-    effusion: float = 0.09
-    edema: float = 0.05
-    atelectasis: float = 0.2
+    consolidation: float = 0.24
+    effusion: float = 0.16
+    edema: float = 0.12
+    atelectasis: float = 0.28
     nodule: float = 0.22
-    pneumothorax: float = 0.16  # darkening of the collapsed-lung crescent
-    covid: float = 0.14  # bilateral peripheral ground glass
-    cardiomegaly_ctr: tuple[float, float] = (0.51, 0.62)  # cardiothoracic ratio when present
-    normal_ctr: tuple[float, float] = (0.38, 0.5)
+    pneumothorax: float = 0.2  # darkening of the collapsed-lung crescent
+    covid: float = 0.18  # bilateral peripheral ground glass
+    cardiomegaly_ctr: tuple[float, float] = (0.53, 0.65)  # cardiothoracic ratio when present
+    normal_ctr: tuple[float, float] = (0.36, 0.47)
     noise: float = 0.035  # film grain std
     rotation_deg: float = 10.0
     severity: tuple[float, float] = (0.5, 1.3)  # multiplies amplitudes / sizes

@@ -5,21 +5,116 @@ Batches carry either cached ``features`` (frozen encoder, no augmentation: the d
 tasks, cross-entropy for multi-class ones. Validation loss drives early stopping and checkpoint
 selection; the test epoch gathers every prediction and computes the task's metric over the whole
 test set (never an average of batch metrics).
+
+:meth:`ClassificationSystem.prepare` decides the probe mode: a frozen encoder without training
+augmentation reads features from the frozen-feature cache (``data/features.py``), computed once per
+(encoder, dataset, split part, transform) and shared by every fraction, seed and epoch; otherwise
+images are loaded and transformed on the fly (``augment``: MGCA's training augmentation).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
-from cxrbench.tasks.base import TaskConfig
+from cxrbench.data.features import FeatureCache, feature_key
+from cxrbench.systems import SYSTEMS
+from cxrbench.systems.base import Prepared, TransferSystem
+from cxrbench.tasks.base import Items, Task, TaskConfig, TaskData
 
 
-class ClassificationSystem(L.LightningModule):
+class _Rows(Dataset[dict[str, Any]]):
+    """Cached features (or images, transformed on the fly) with their labels."""
+
+    def __init__(self, items: Items, features: torch.Tensor | None, cfg: TaskConfig, train: bool):
+        self.items, self.features, self.cfg, self.train = items, features, cfg, train
+        self.labels = torch.from_numpy(items.labels)
+
+    def __len__(self) -> int:
+        return len(self.items.ids)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if self.features is not None:
+            return {"features": self.features[i], "label": self.labels[i]}
+        from cxrbench.data.codecs import read_image
+        from cxrbench.data.transforms import mgca_image
+
+        augment = self.train and self.cfg.probe.augment
+        if augment and self.cfg.probe.policy == "moco2":
+            from cxrbench.data.transforms import moco2_image
+
+            image = moco2_image(
+                read_image(self.items.paths[i]), self.cfg.image.resize, self.cfg.image.crop
+            )
+            return {"image": image, "label": self.labels[i]}
+        image = mgca_image(
+            read_image(self.items.paths[i]),
+            self.cfg.image.resize,
+            self.cfg.image.crop,
+            train=augment,
+        )
+        return {"image": image, "label": self.labels[i]}
+
+
+def cached_features(
+    task: Task, cfg: TaskConfig, data: TaskData, encoder: nn.Module, sha: str, cache: FeatureCache
+) -> dict[str, torch.Tensor]:
+    """Features of the train fraction, val and test from the cache (whole parts are cached)."""
+    transform = {"resize": cfg.image.resize, "crop": cfg.image.crop, "view": "centre"}
+    out = {}
+    for part, items in (("train", data.train_all), ("val", data.val), ("test", data.test)):
+        key = feature_key(sha, task.dataset, part, items.ids, transform)
+        out[part] = cache.features(
+            key,
+            encoder,
+            items.paths,
+            cfg.image.resize,
+            cfg.image.crop,
+            cfg.train.feature_batch_size,
+        )
+    row = {ident: k for k, ident in enumerate(data.train_all.ids)}
+    out["train"] = out["train"][[row[i] for i in data.train.ids]]
+    return out
+
+
+@SYSTEMS.register("classification")
+class ClassificationSystem(TransferSystem):
+    @classmethod
+    def prepare(
+        cls,
+        task: Task,
+        cfg: TaskConfig,
+        data: TaskData,
+        encoder: nn.Module,
+        meta: dict[str, Any],
+        cache: FeatureCache,
+    ) -> Prepared:
+        cached = not cfg.probe.augment and not cfg.probe.finetune
+        feats = cached_features(task, cfg, data, encoder, meta["sha256"], cache) if cached else None
+        head = nn.Linear(meta["feature_dims"]["pooled"], len(data.classes))
+        system = cls(
+            head, cfg, data.label_kind, task.metric, data.classes, None if cached else encoder
+        )
+        loaders = []
+        for part, items in (("train", data.train), ("val", data.val), ("test", data.test)):
+            rows = _Rows(items, feats[part] if feats else None, cfg, train=part == "train")
+            workers = 0 if feats else cfg.train.workers
+            loaders.append(
+                DataLoader(
+                    rows,
+                    batch_size=cfg.train.batch_size,
+                    shuffle=part == "train",
+                    num_workers=workers,
+                    persistent_workers=workers > 0,
+                )
+            )
+        train, val, test = loaders
+        return Prepared(system, train, val, test, "cached" if cached else "augment")
+
     def __init__(
         self,
         head: nn.Module,
@@ -38,7 +133,6 @@ class ClassificationSystem(L.LightningModule):
         self.class_names = class_names
         self._test_logits: list[torch.Tensor] = []
         self._test_labels: list[torch.Tensor] = []
-        self.test_results: dict[str, float] = {}
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         if "features" in batch:

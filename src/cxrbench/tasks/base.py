@@ -77,11 +77,16 @@ class TaskConfig:
 
 @dataclass(frozen=True)
 class Items:
-    """Labelled images of one split part: ids, paths and a (N, C) float label matrix."""
+    """Labelled images of one split part: ids, paths and a (N, C) float label matrix.
+
+    ``targets`` holds, for dense tasks, each image's annotation record as the dataset reader
+    returns it (e.g. :class:`~cxrbench.data.formats.siim.SiimImage` with its RLE regions); empty
+    for classification."""
 
     ids: list[str]
     paths: list[Path]
     labels: np.ndarray
+    targets: tuple[Any, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,14 @@ class Task:
     def folder(self, data_root: Path) -> Path:
         return dataset_folder(self.dataset, data_root, self.cfg.data)
 
+    def annotations(self, folder: Path) -> dict[str, Any] | None:
+        """Dense tasks: the annotation record of every image id (``Items.targets``); None here."""
+        return None
+
+    def select_train(self, train: Items) -> Items:
+        """The training items actually used from the label fraction (all of them by default)."""
+        return train
+
     def data(self, data_root: Path, fraction: float) -> TaskData:
         """Items of the stored splits; the training part is the nested label ``fraction``.
 
@@ -124,8 +137,10 @@ class Task:
             "val": list(splits.val),
             "test": list(splits.test),
         }
-        items = {k: _items(labelled, ids) for k, ids in parts.items()}
-        everything = _items(labelled, list(splits.train))
+        records = self.annotations(folder)
+        items = {k: _items(labelled, ids, records) for k, ids in parts.items()}
+        items["train"] = self.select_train(items["train"])
+        everything = _items(labelled, list(splits.train), records)
         return TaskData(
             items["train"],
             everything,
@@ -148,7 +163,7 @@ class Task:
         }
 
 
-def _items(labelled: Labelled, ids: list[str]) -> Items:
+def _items(labelled: Labelled, ids: list[str], records: dict[str, Any] | None = None) -> Items:
     missing = [i for i in ids if i not in labelled.labels]
     if missing:
         from cxrbench.errors import CxrbenchError
@@ -158,7 +173,8 @@ def _items(labelled: Labelled, ids: list[str]) -> Items:
             "the splits were made from other files: remake them with cxrbench data splits --force"
         )
     labels = np.stack([labelled.labels[i] for i in ids]).astype(np.float32)
-    return Items(list(ids), [labelled.paths[i] for i in ids], labels)
+    targets = tuple(records[i] for i in ids) if records is not None else ()
+    return Items(list(ids), [labelled.paths[i] for i in ids], labels, targets)
 
 
 def _fingerprint(items: dict[str, Items]) -> str:

@@ -1,0 +1,113 @@
+"""Segmentation metric of the mgca protocol: foreground Dice per image, averaged over images.
+
+Definitions (PROTOCOLS.md §1, "Dice"):
+
+* Inputs are ``probs`` (probabilities, i.e. after the sigmoid, in [0, 1]) and binary ``targets``
+  (values 0/1 or bool), each of shape (N, H, W) or (N, 1, H, W); numpy arrays or torch tensors on
+  any device (detached and moved to the CPU here).
+* The predicted mask of an image is ``P = probs > threshold`` (strictly greater, threshold 0.5 by
+  default, as MGCA's ``get_dice``); the target mask is ``T = targets == 1``.
+* Per image, foreground Dice = 2·|P ∩ T| / (|P| + |T|). When the target is empty the image counts
+  1.0 if the prediction is empty too and 0.0 otherwise (the formula gives 0.0 there anyway; only
+  empty/empty needs the rule). A non-empty target with an empty prediction gives 0.0.
+* The task metric is the **mean over images** of the per-image Dice. Deviation from MGCA: MGCA
+  averaged per-batch means (the mean of batch means), which weights the images of a short last
+  batch more and makes the number depend on the batch size; :class:`DiceAccumulator` keeps every
+  image's Dice and averages those.
+
+Inputs that break the definitions are errors, not silently coerced: a shape mismatch, a channel
+dimension other than 1, probabilities outside [0, 1] or NaN (logits passed by mistake), targets with
+values other than 0 and 1.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from cxrbench.metrics.classification import MetricError
+
+ArrayLike = np.ndarray | torch.Tensor
+
+
+def _to_numpy(values: ArrayLike) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        tensor = values.detach().cpu()
+        if tensor.dtype in (torch.bfloat16, torch.float16):
+            tensor = tensor.float()
+        return tensor.numpy()
+    return np.asarray(values)
+
+
+def _as_images(values: np.ndarray, shapes: str) -> np.ndarray:
+    if values.ndim == 4 and values.shape[1] == 1:
+        return values[:, 0]
+    if values.ndim == 3:
+        return values
+    raise MetricError(f"Dice needs arrays of shape (N, H, W) or (N, 1, H, W); got {shapes}")
+
+
+def _masks(probs: ArrayLike, targets: ArrayLike, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    p_raw, t_raw = _to_numpy(probs), _to_numpy(targets)
+    shapes = f"probs {tuple(p_raw.shape)} and targets {tuple(t_raw.shape)}"
+    p, t = _as_images(p_raw, shapes), _as_images(t_raw, shapes)
+    if p.shape != t.shape:
+        raise MetricError(f"Dice needs probs and targets of one shape; got {shapes}")
+    if p.size and not (np.all(p >= 0) and np.all(p <= 1)):  # also catches NaN
+        finite = p[np.isfinite(p)]
+        seen = f"[{finite.min()}, {finite.max()}]" if finite.size else "no finite values"
+        raise MetricError(
+            f"Dice needs probabilities in [0, 1] (apply the sigmoid first); got {seen}"
+            f"{' and NaN/inf' if finite.size < p.size else ''}"
+        )
+    if t.dtype != np.bool_ and t.size and not np.all((t == 0) | (t == 1)):
+        raise MetricError(f"Dice needs binary targets (0/1); got values {np.unique(t)[:10]}")
+    return p > threshold, t.astype(bool)
+
+
+def dice_per_image(probs: ArrayLike, targets: ArrayLike, threshold: float = 0.5) -> np.ndarray:
+    """Foreground Dice of each image, shape (N,), float64 (module docstring for the rules)."""
+    pred, target = _masks(probs, targets, threshold)
+    n, pixels = pred.shape[0], pred.shape[1] * pred.shape[2]
+    pred, target = pred.reshape(n, pixels), target.reshape(n, pixels)
+    intersection = np.count_nonzero(pred & target, axis=1).astype(np.float64)
+    total = np.count_nonzero(pred, axis=1) + np.count_nonzero(target, axis=1)
+    dice = np.ones(n, dtype=np.float64)  # total == 0: empty target and empty prediction
+    nonempty = total > 0
+    dice[nonempty] = 2.0 * intersection[nonempty] / total[nonempty]
+    return dice
+
+
+def mean_dice(probs: ArrayLike, targets: ArrayLike, threshold: float = 0.5) -> float:
+    """Mean over images of :func:`dice_per_image`; no images is a :class:`MetricError`."""
+    dice = dice_per_image(probs, targets, threshold)
+    if dice.size == 0:
+        raise MetricError("Dice is undefined on zero images")
+    return float(dice.mean())
+
+
+class DiceAccumulator:
+    """Collects per-image Dice over batches; :meth:`compute` is the mean over all images seen.
+
+    Batches may differ in size; the result equals :func:`mean_dice` on all images at once.
+    """
+
+    def __init__(self, threshold: float = 0.5) -> None:
+        self.threshold = threshold
+        self._values: list[np.ndarray] = []
+
+    def update(self, probs: ArrayLike, targets: ArrayLike) -> None:
+        self._values.append(dice_per_image(probs, targets, self.threshold))
+
+    @property
+    def count(self) -> int:
+        """Number of images seen so far."""
+        return int(sum(v.size for v in self._values))
+
+    def compute(self) -> float:
+        if self.count == 0:
+            raise MetricError("Dice is undefined on zero images (no update() with images yet)")
+        return float(np.concatenate(self._values).mean())
+
+    def reset(self) -> None:
+        self._values = []
