@@ -64,6 +64,8 @@ def load_task(name: str, preset: str = "small", overrides: list[str] | None = No
         raise CxrbenchError(f"task {name!r} reads {cls.dataset!r}, its config says {cfg.dataset!r}")
     ignored = [*NON_RESULT_KEYS, *([] if cfg.probe.augment else ["probe.policy"])]
     plain = without_keys(to_plain(cfg), ignored)  # the policy only matters when augmenting
+    if not plain["params"]:
+        del plain["params"]  # kinds without system settings keep the hashes they had
     plain["task"] = {"name": name, **cls.describe()}
     return TransferJob(cls(name, cfg), cfg, config_hash(plain))
 

@@ -73,6 +73,9 @@ class TaskConfig:
     train: TrainSpec = field(default_factory=TrainSpec)
     trainer: TransferTrainerSpec = field(default_factory=TransferTrainerSpec)
     data: DataRoots = field(default_factory=DataRoots)
+    # settings of the kind's system (e.g. the detector and its thresholds); the system validates
+    # them and names an unknown key
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
