@@ -22,11 +22,11 @@ from cxrbench.errors import ConfigError, DataFormatError
 from cxrbench.metrics.classification import MetricError
 from cxrbench.metrics.detection import mean_average_precision
 from cxrbench.models.backbones import build_backbone
+from cxrbench.models.detectors import fpn_anchor_sizes
 from cxrbench.systems.detection import (
     DetectionImages,
     DetectionSystem,
     detection_params,
-    fpn_anchor_sizes,
     scale_boxes,
 )
 from cxrbench.tasks.base import (
@@ -167,7 +167,7 @@ def test_params_are_validated_with_the_key_named() -> None:
 
 
 def test_faster_rcnn_transform_neither_resizes_nor_renormalises() -> None:
-    from cxrbench.systems.detection import FasterRcnnDetector
+    from cxrbench.models.detectors import FasterRcnnDetector
 
     params = detection_params({"detector": "faster_rcnn", "fpn_channels": 16})
     encoder = build_backbone("tiny", image_size=64, width=8)

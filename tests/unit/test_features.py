@@ -35,3 +35,25 @@ def test_cache_equals_direct_forward_and_invalidates(synth_tiny, tmp_path) -> No
     other_key = feature_key("sha-b", "covidx", "test", ids, transform)
     assert not torch.allclose(cache.features(other_key, other, paths, 72, 64), first)
     assert cache.misses == 2
+
+
+def test_regenerated_images_are_a_new_key(tmp_path) -> None:
+    """Same ids, new pixels (a corpus regenerated with another difficulty): not a stale hit."""
+    import os
+
+    import numpy as np
+    from PIL import Image
+
+    from cxrbench.data.features import files_stamp
+
+    paths = [tmp_path / f"{i}.png" for i in range(3)]
+    for i, path in enumerate(paths):
+        Image.fromarray(np.full((64, 64), 40 * i, np.uint8)).save(path)
+    transform = {"resize": 72, "crop": 64, "view": "centre"}
+    ids = [p.name for p in paths]
+    before = feature_key("sha-a", "x", "test", ids, transform, files_stamp(paths))
+    Image.fromarray(np.full((64, 64), 200, np.uint8)).save(paths[1])
+    stat = os.stat(paths[1])
+    os.utime(paths[1], ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert feature_key("sha-a", "x", "test", ids, transform, files_stamp(paths)) != before
+    assert feature_key("sha-a", "x", "test", ids, transform, files_stamp(paths[:2])) != before

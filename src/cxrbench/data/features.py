@@ -3,16 +3,20 @@
 With a frozen encoder in eval mode and no training augmentation, an image's pooled feature does
 not depend on the label fraction, the training seed or the epoch, so a linear-probe grid over
 fractions and seeds needs one forward pass over the data. Features are stored per
-(encoder sha256, dataset, split part, ids, transform) as ``<key>.safetensors`` under the cache
-root (``results/cache/features`` by default); a different encoder, split or image size is a
-different key, so a stale entry can never be served. Written atomically.
+(encoder sha256, dataset, split part, ids, image files, transform, feature code) as
+``<key>.safetensors`` under the cache root (``results/cache/features`` by default); a different
+encoder, split, image size, regenerated image file (size or modification time) or change to the
+code that computes features is a different key, so a stale entry is not served. Written
+atomically.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,17 +30,49 @@ from cxrbench.utils.io import atomic_write_bytes
 log = logging.getLogger(__name__)
 
 
+# the modules whose code decides what a feature is: reading, transforming, the forward pass
+_FEATURE_CODE = ("data/codecs.py", "data/transforms.py", "data/features.py", "models/backbones.py")
+
+
+@functools.cache
+def feature_code_hash() -> str:
+    """sha256 of the source of the modules that compute features (a code change is a new key)."""
+    package = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for name in _FEATURE_CODE:
+        digest.update(name.encode() + (package / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def files_stamp(paths: Sequence[Path]) -> str:
+    """A hash of each image file's path, size and modification time: regenerated or replaced
+    images (same ids, new pixels) make a new key instead of serving stale features."""
+    digest = hashlib.sha256()
+    for path in paths:
+        st = os.stat(path)
+        digest.update(f"{path}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
 def feature_key(
-    encoder_sha256: str, dataset: str, part: str, ids: Sequence[str], transform: dict[str, object]
+    encoder_sha256: str,
+    dataset: str,
+    part: str,
+    ids: Sequence[str],
+    transform: dict[str, object],
+    files: str = "",
 ) -> str:
-    """The cache key: every input that changes the features, hashed."""
+    """The cache key: every input that changes the features, hashed: the encoder, the images
+    (``files``: :func:`files_stamp` of their paths), the transform and the feature code."""
     payload = json.dumps(
         {
             "encoder": encoder_sha256,
             "dataset": dataset,
             "part": part,
             "ids": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
+            "files": files,
             "transform": transform,
+            "code": feature_code_hash(),
         },
         sort_keys=True,
     )

@@ -85,12 +85,18 @@ def load_config(
     return PretrainJob(cfg, params, preset, hash_config(cfg))
 
 
+PRESET_SECTIONS = ("pretrain", "transfer", "transfer_<kind>")
+
+
 def preset_section(preset: str, section: str) -> Layer:
-    """The ``pretrain:`` or ``transfer:`` part of ``configs/trainer/<preset>.yaml``."""
+    """A section of ``configs/trainer/<preset>.yaml``: ``pretrain:``, ``transfer:`` (every task)
+    or ``transfer_<kind>:`` (tasks of one kind, merged after ``transfer:``); empty when absent."""
     layer = load_yaml(packaged_config("trainer", preset))
-    unknown = set(layer.values) - {"pretrain", "transfer"}
+    keys = [str(k) for k in layer.values]
+    unknown = sorted(k for k in keys if k not in PRESET_SECTIONS[:2] and k[:9] != "transfer_")
     if unknown:
-        raise ConfigError(layer.source, sorted(unknown)[0], "presets hold pretrain: and transfer:")
+        expected = "presets hold " + ", ".join(f"{s}:" for s in PRESET_SECTIONS)
+        raise ConfigError(layer.source, unknown[0], expected)
     values = layer.values.get(section) or OmegaConf.create({})
     return Layer(f"{layer.source} ({section}:)", values)
 

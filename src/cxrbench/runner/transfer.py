@@ -52,11 +52,13 @@ class TransferJob:
 
 
 def load_task(name: str, preset: str = "small", overrides: list[str] | None = None) -> TransferJob:
-    """Validate ``configs/task/<name>.yaml`` + the preset's ``transfer:`` + ``--set`` overrides."""
+    """Validate ``configs/task/<name>.yaml`` + the preset's ``transfer:`` and
+    ``transfer_<kind>:`` + ``--set`` overrides."""
     cls = TASKS.get(name)
     layers = [
         load_yaml(packaged_config("task", name)),
         preset_section(preset, "transfer"),
+        preset_section(preset, f"transfer_{cls.kind}"),
         parse_overrides(overrides or []),
     ]
     cfg = build(TaskConfig, layers)

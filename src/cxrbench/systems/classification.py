@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from cxrbench.data.features import FeatureCache, feature_key
+from cxrbench.data.features import FeatureCache, feature_key, files_stamp
 from cxrbench.systems import SYSTEMS
 from cxrbench.systems.base import Prepared, TransferSystem
 from cxrbench.tasks.base import Items, Task, TaskConfig, TaskData
@@ -67,7 +67,7 @@ def cached_features(
     transform = {"resize": cfg.image.resize, "crop": cfg.image.crop, "view": "centre"}
     out = {}
     for part, items in (("train", data.train_all), ("val", data.val), ("test", data.test)):
-        key = feature_key(sha, task.dataset, part, items.ids, transform)
+        key = feature_key(sha, task.dataset, part, items.ids, transform, files_stamp(items.paths))
         out[part] = cache.features(
             key,
             encoder,
