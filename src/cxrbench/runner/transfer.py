@@ -68,6 +68,8 @@ def load_task(name: str, preset: str = "small", overrides: list[str] | None = No
     plain = without_keys(to_plain(cfg), ignored)  # the policy only matters when augmenting
     if not plain["params"]:
         del plain["params"]  # kinds without system settings keep the hashes they had
+    if not plain["train"]["min_steps_per_epoch"]:
+        del plain["train"]["min_steps_per_epoch"]  # off: the hashes of earlier results hold
     plain["task"] = {"name": name, **cls.describe()}
     return TransferJob(cls(name, cfg), cfg, config_hash(plain))
 

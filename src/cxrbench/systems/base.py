@@ -10,12 +10,13 @@ loaders (:meth:`TransferSystem.prepare`), trains, and after the test epoch leave
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import lightning as L
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 if TYPE_CHECKING:
     from cxrbench.data.features import FeatureCache
@@ -55,3 +56,35 @@ class TransferSystem(L.LightningModule):
     ) -> Prepared:
         """Build the system (head on ``encoder``, frozen or not per ``cfg``) and its loaders."""
         raise NotImplementedError
+
+
+def loader(
+    rows: Dataset[Any],
+    cfg: TaskConfig,
+    *,
+    train: bool,
+    workers: int | None = None,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+) -> DataLoader[Any]:
+    """A split part's loader: shuffled for training, in order otherwise.
+
+    ``train.min_steps_per_epoch`` (0: off) makes a training epoch at least that many batches by
+    drawing several reshuffled passes over the items (never sampling with replacement inside a
+    pass): at 1% labels an epoch can otherwise be a single step, and an epoch-based schedule then
+    trains a decoder or detection head for a handful of steps. Evaluation loaders are unchanged.
+    """
+    n_workers = cfg.train.workers if workers is None else workers
+    sampler = None
+    size = len(rows)  # type: ignore[arg-type]
+    want = cfg.train.min_steps_per_epoch * cfg.train.batch_size
+    if train and want > size > 0:
+        sampler = RandomSampler(rows, num_samples=want)  # type: ignore[arg-type]
+    return DataLoader(
+        rows,
+        batch_size=cfg.train.batch_size,
+        shuffle=train and sampler is None,
+        sampler=sampler,
+        num_workers=n_workers,
+        persistent_workers=n_workers > 0,
+        collate_fn=collate_fn,
+    )

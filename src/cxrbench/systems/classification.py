@@ -19,11 +19,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from cxrbench.data.features import FeatureCache, feature_key, files_stamp
 from cxrbench.systems import SYSTEMS
-from cxrbench.systems.base import Prepared, TransferSystem
+from cxrbench.systems.base import Prepared, TransferSystem, loader
 from cxrbench.tasks.base import Items, Task, TaskConfig, TaskData
 
 
@@ -103,15 +103,7 @@ class ClassificationSystem(TransferSystem):
         for part, items in (("train", data.train), ("val", data.val), ("test", data.test)):
             rows = _Rows(items, feats[part] if feats else None, cfg, train=part == "train")
             workers = 0 if feats else cfg.train.workers
-            loaders.append(
-                DataLoader(
-                    rows,
-                    batch_size=cfg.train.batch_size,
-                    shuffle=part == "train",
-                    num_workers=workers,
-                    persistent_workers=workers > 0,
-                )
-            )
+            loaders.append(loader(rows, cfg, train=part == "train", workers=workers))
         train, val, test = loaders
         return Prepared(system, train, val, test, "cached" if cached else "augment")
 

@@ -42,7 +42,7 @@ import cv2
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from cxrbench.data.features import FeatureCache
 from cxrbench.errors import ConfigError, CxrbenchError
@@ -51,7 +51,7 @@ from cxrbench.metrics.detection import DetectionAccumulator
 from cxrbench.models.detectors import DETECTORS, DetectionParams, Detector, build_detector
 from cxrbench.models.yolo import Detections
 from cxrbench.systems import SYSTEMS
-from cxrbench.systems.base import Prepared, TransferSystem
+from cxrbench.systems.base import Prepared, TransferSystem, loader
 from cxrbench.tasks.base import Items, Task, TaskConfig, TaskData
 
 FASTER_RCNN_ONLY = ("fpn_channels", "representation_size", "box_batch_size")
@@ -204,17 +204,8 @@ class DetectionSystem(TransferSystem):
         loaders = []
         for part, items in (("train", data.train), ("val", data.val), ("test", data.test)):
             augment = part == "train" and cfg.probe.augment
-            workers = cfg.train.workers
-            loaders.append(
-                DataLoader(
-                    DetectionImages(items, boxes_of, size, augment),
-                    batch_size=cfg.train.batch_size,
-                    shuffle=part == "train",
-                    num_workers=workers,
-                    persistent_workers=workers > 0,
-                    collate_fn=collate,
-                )
-            )
+            rows = DetectionImages(items, boxes_of, size, augment)
+            loaders.append(loader(rows, cfg, train=part == "train", collate_fn=collate))
         train, val, test = loaders
         mode = "finetune" if cfg.probe.finetune else "augment" if cfg.probe.augment else "frozen"
         return Prepared(system, train, val, test, mode)

@@ -59,14 +59,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from cxrbench.errors import ConfigError, CxrbenchError
 from cxrbench.losses.segmentation import SegLossSums, seg_loss
 from cxrbench.metrics.segmentation import DiceAccumulator
 from cxrbench.models.backbones import freeze, unfreeze
 from cxrbench.systems import SYSTEMS
-from cxrbench.systems.base import Prepared, TransferSystem
+from cxrbench.systems.base import Prepared, TransferSystem, loader
 from cxrbench.tasks.base import Items, Task, TaskConfig, TaskData
 
 DECODER_CHANNELS = (256, 128, 64, 32, 16)
@@ -287,15 +287,7 @@ class SegmentationSystem(TransferSystem):
         for part, items in (("train", data.train), ("val", data.val), ("test", data.test)):
             train = part == "train"
             rows = SegmentationRows(items, cfg.image.crop, augment=train and cfg.probe.augment)
-            loaders.append(
-                DataLoader(
-                    rows,
-                    batch_size=cfg.train.batch_size,
-                    shuffle=train,
-                    num_workers=cfg.train.workers,
-                    persistent_workers=cfg.train.workers > 0,
-                )
-            )
+            loaders.append(loader(rows, cfg, train=train))
         train_loader, val, test = loaders
         mode = "finetune" if cfg.probe.finetune else "frozen"
         return Prepared(system, train_loader, val, test, mode)

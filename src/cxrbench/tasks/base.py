@@ -52,6 +52,7 @@ class TrainSpec:
     patience: int = 10  # early stopping on val loss
     workers: int = 2
     feature_batch_size: int = 128  # feature extraction for the frozen-feature cache
+    min_steps_per_epoch: int = 0  # >0: small training sets are re-passed (systems/base.py)
 
 
 @dataclass
