@@ -99,7 +99,7 @@ def test_markdown_table_golden() -> None:
         "metrics: rsna_cls auroc\n\n"
         "| method | rsna_cls 1% | rsna_cls 10% |\n"
         "|---|---|---|\n"
-        "| random_init | 60.0 ± 0.0 † | **85.0 ± 0.0** † |\n"
+        "| random_init | 60.0 † | **85.0** † |\n"
         "| convirt | **72.0 ± 2.8** | 81.0 ± 1.4 |\n\n"
         "† fewer seeds than planned (random_init rsna_cls 1%: 1/2, random_init rsna_cls 10%: 1/2)\n"
     )

@@ -1,9 +1,10 @@
 """Tables generated from result records (never typed by hand): the MGCA table shape.
 
 Rows are methods, columns are ``task fraction`` pairs grouped by task, cells ``mean ± std`` over
-seeds (×100 for AUROC and accuracy, as the papers print them), the best mean of each column in
-bold (by the metric's direction), ``†`` on cells with fewer seeds than planned, ``–`` where no run
-exists. Every written file starts with a comment naming the command and code version.
+seeds (the mean alone for a single seed; ×100 for AUROC and accuracy, as the papers print them),
+the best mean of each column in bold (by the metric's direction), ``†`` on cells with fewer
+seeds than planned, ``–`` where no run exists. Every written file starts with a comment naming
+the command and code version.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ def _best(cells: Sequence[Cell], column: tuple[str, float]) -> float | None:
 def _cell_text(cell: Cell | None, best: float | None, scale: float, decimals: int) -> str:
     if cell is None:
         return "–"
-    text = f"{cell.mean * scale:.{decimals}f} ± {cell.std * scale:.{decimals}f}"
+    text = f"{cell.mean * scale:.{decimals}f}"
+    if cell.n > 1:  # one seed has no spread: print none rather than a misleading ± 0
+        text += f" ± {cell.std * scale:.{decimals}f}"
     if best is not None and cell.mean == best:
         text = f"**{text}**"
     return text if cell.complete else f"{text} †"
