@@ -59,9 +59,12 @@ def execute(
             artifacts[spec.key] = err
             outcome.failures.append((spec.key, f"{type(err).__name__}: {err}"))
     cache = FeatureCache(cache_root)
-    jobs = {
-        name: load_task(name, plan.suite.preset, plan.suite.transfer_overrides)
+    jobs = {  # resolved up front, so a bad task config stops the suite before any run
+        (name, fraction): load_task(
+            name, plan.suite.preset, plan.suite.transfer_overrides, fraction
+        )
         for name in plan.suite.tasks
+        for fraction in plan.suite.fractions
     }
     total = len(plan.transfer)
     for k, transfer in enumerate(plan.transfer, 1):
@@ -93,7 +96,7 @@ def _transfer(
     start = time.perf_counter()
     try:
         record = run_transfer(
-            jobs[spec.task],
+            jobs[(spec.task, spec.fraction)],
             artifact,
             data_root,
             fraction=spec.fraction,

@@ -10,6 +10,7 @@ refused.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ import lightning as L
 from omegaconf import OmegaConf
 
 from cxrbench.config import (
+    Layer,
     build,
     config_hash,
     load_yaml,
@@ -28,7 +30,7 @@ from cxrbench.config import (
     without_keys,
 )
 from cxrbench.data.features import FeatureCache
-from cxrbench.errors import CxrbenchError
+from cxrbench.errors import ConfigError, CxrbenchError
 from cxrbench.log import quiet_libraries
 from cxrbench.models.artifact import load_encoder
 from cxrbench.models.backbones import freeze
@@ -49,14 +51,40 @@ class TransferJob:
     task: Task
     cfg: TaskConfig
     config_hash: str
+    fraction: float | None = None  # the label fraction the protocol was resolved for
 
 
-def load_task(name: str, preset: str = "small", overrides: list[str] | None = None) -> TransferJob:
-    """Validate ``configs/task/<name>.yaml`` + the preset's ``transfer:`` and
-    ``transfer_<kind>:`` + ``--set`` overrides."""
+def _fraction_layers(task_layer: Layer, fraction: float | None) -> list[Layer]:
+    """The task YAML's ``fractions:`` entry for ``fraction`` (e.g. MGCA's 1% detection lr and
+    batch), removed from ``task_layer``; none when absent or when no fraction is given."""
+    by_fraction = task_layer.values.pop("fractions", None)
+    if by_fraction is None:
+        return []
+    found = []
+    for key, values in by_fraction.items():
+        try:
+            value = float(key)
+        except ValueError:
+            msg = f"keys are label fractions such as 0.01, got {key!r}"
+            raise ConfigError(task_layer.source, f"fractions.{key}", msg) from None
+        if fraction is not None and math.isclose(value, fraction):
+            found.append(Layer(f"{task_layer.source} (fractions.{key}:)", values))
+    return found
+
+
+def load_task(
+    name: str,
+    preset: str = "small",
+    overrides: list[str] | None = None,
+    fraction: float | None = None,
+) -> TransferJob:
+    """Validate ``configs/task/<name>.yaml`` (with its ``fractions:`` entry for ``fraction``) +
+    the preset's ``transfer:`` and ``transfer_<kind>:`` + ``--set`` overrides."""
     cls = TASKS.get(name)
+    task_layer = load_yaml(packaged_config("task", name))
     layers = [
-        load_yaml(packaged_config("task", name)),
+        task_layer,
+        *_fraction_layers(task_layer, fraction),
         preset_section(preset, "transfer"),
         preset_section(preset, f"transfer_{cls.kind}"),
         parse_overrides(overrides or []),
@@ -71,7 +99,7 @@ def load_task(name: str, preset: str = "small", overrides: list[str] | None = No
     if not plain["train"]["min_steps_per_epoch"]:
         del plain["train"]["min_steps_per_epoch"]  # off: the hashes of earlier results hold
     plain["task"] = {"name": name, **cls.describe()}
-    return TransferJob(cls(name, cfg), cfg, config_hash(plain))
+    return TransferJob(cls(name, cfg), cfg, config_hash(plain), fraction)
 
 
 def _trainer(job: TransferJob, run_dir: Path, monitor: str, mode: str) -> tuple[L.Trainer, Any]:
@@ -131,6 +159,11 @@ def run_transfer(
     (identity, encoder, seeding, checkpoints, resume, the record) is the same for every kind."""
     from cxrbench.systems import SYSTEMS
 
+    if job.fraction is not None and not math.isclose(job.fraction, fraction):
+        raise CxrbenchError(
+            f"{job.task.name}: the protocol was resolved for fraction {job.fraction:g}, the run "
+            f"is at {fraction:g}; load the task with fraction={fraction:g}"
+        )
     run_dir = Path(run_dir)
     result = run_dir / "result.json"
     _claim(run_dir, job, artifact)
