@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,8 +33,30 @@ class Labelled:
     labels: dict[str, np.ndarray]
 
 
+# the id each dataset's splits and labels use, as an attribute of the reader's image record
+ID_FIELDS = {
+    "chexpert": "path",
+    "covidx": "filename",
+    "rsna": "patient_id",
+    "siim": "image_id",
+    "objectcxr": "image_name",
+}
+
+
 def image_labels(dataset: str, folder: Path) -> Labelled:
-    index = formats.get_reader(dataset).read(Path(folder))
+    """Read ``dataset`` from ``folder`` and return its image-level labels."""
+    return labels_from_index(dataset, formats.get_reader(dataset).read(Path(folder)))
+
+
+def records_by_id(dataset: str, index: Any) -> dict[str, Any]:
+    """Every image record of a reader's ``index`` keyed by the id the splits use (dense tasks
+    take their masks and boxes from these records)."""
+    key = ID_FIELDS[dataset]
+    return {getattr(record, key): record for record in index.images}
+
+
+def labels_from_index(dataset: str, index: Any) -> Labelled:
+    """The image-level labels of an index the dataset's reader has already read."""
     if dataset == "chexpert":
         from cxrbench.data.formats.chexpert import COMPETITION_CLASSES
 
@@ -46,10 +69,11 @@ def image_labels(dataset: str, folder: Path) -> Labelled:
         return Labelled("multiclass", tuple(index.classes),
                         {r.filename: r.image_path for r in index.images},
                         {r.filename: eye[index.label_index(r)] for r in index.images})  # fmt: skip
-    key, positive, name = {
-        "rsna": ("patient_id", lambda r: r.target == 1, "Pneumonia"),
-        "siim": ("image_id", lambda r: bool(r.rles), "Pneumothorax"),
-        "objectcxr": ("image_name", lambda r: bool(r.objects), "Foreign object"),
+    key = ID_FIELDS[dataset]
+    positive, name = {
+        "rsna": (lambda r: r.target == 1, "Pneumonia"),
+        "siim": (lambda r: bool(r.rles), "Pneumothorax"),
+        "objectcxr": (lambda r: bool(r.objects), "Foreign object"),
     }[dataset]
     return Labelled("multilabel", (name,),
                     {getattr(r, key): r.image_path for r in index.images},

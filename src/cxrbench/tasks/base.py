@@ -19,7 +19,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from cxrbench.data.labels import Labelled, image_labels
+from cxrbench.data import formats
+from cxrbench.data.labels import Labelled, labels_from_index, records_by_id
 from cxrbench.data.roots import DataRoots, dataset_folder
 from cxrbench.data.splits import make_splits
 
@@ -121,9 +122,11 @@ class Task:
     def folder(self, data_root: Path) -> Path:
         return dataset_folder(self.dataset, data_root, self.cfg.data)
 
-    def annotations(self, folder: Path) -> dict[str, Any] | None:
-        """Dense tasks: the annotation record of every image id (``Items.targets``); None here."""
-        return None
+    def annotations(self, index: Any) -> dict[str, Any] | None:
+        """The annotation record of every image id (``Items.targets``) from the reader's
+        ``index``: the reader's own records (masks, boxes) for dense tasks, None for
+        classification."""
+        return None if self.kind == "classification" else records_by_id(self.dataset, index)
 
     def select_train(self, train: Items) -> Items:
         """The training items actually used from the label fraction (all of them by default)."""
@@ -134,14 +137,15 @@ class Task:
 
         The subset does not depend on the training seed (nested fractions, fixed once)."""
         folder = self.folder(data_root)
-        labelled = image_labels(self.dataset, folder)
+        index = formats.get_reader(self.dataset).read(folder)  # read once: labels and records
+        labelled = labels_from_index(self.dataset, index)
         splits = make_splits(self.dataset, folder)
         parts = {
             "train": splits.fraction(fraction),
             "val": list(splits.val),
             "test": list(splits.test),
         }
-        records = self.annotations(folder)
+        records = self.annotations(index)
         items = {k: _items(labelled, ids, records) for k, ids in parts.items()}
         items["train"] = self.select_train(items["train"])
         everything = _items(labelled, list(splits.train), records)

@@ -15,11 +15,8 @@ pole of inaccessibility, ``shapely``/``polylabel``); a shape that leaves its ima
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-from cxrbench.data.formats import get_reader
 from cxrbench.data.formats.objectcxr import ObjectImage, check_boxes_inside
 from cxrbench.tasks import TASKS
 from cxrbench.tasks.base import Task
@@ -40,11 +37,6 @@ class ObjectcxrDet(Task):
     kind = "detection"
     dataset = "objectcxr"
     metric = "map"
-
-    def annotations(self, folder: Path) -> dict[str, ObjectImage]:
-        """``{image_name: ObjectImage}`` of ``train.csv`` and ``dev.csv``."""
-        index = get_reader(self.dataset).read(folder)
-        return {record.image_name: record for record in index.images}
 
     def boxes(self, record: ObjectImage, height: int, width: int) -> np.ndarray:
         """The record's boxes for the detection system (see :func:`objectcxr_boxes`)."""

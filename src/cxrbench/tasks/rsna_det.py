@@ -13,11 +13,8 @@ and line (MGCA used boxes as given); boxes are returned as new arrays, never sca
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-from cxrbench.data.formats import get_reader
 from cxrbench.data.formats.rsna import RsnaImage, check_boxes_inside
 from cxrbench.tasks import TASKS
 from cxrbench.tasks.base import Task
@@ -39,11 +36,6 @@ class RsnaDet(Task):
     kind = "detection"
     dataset = "rsna"
     metric = "map"
-
-    def annotations(self, folder: Path) -> dict[str, RsnaImage]:
-        """``{patientId: RsnaImage}`` of the whole labels file."""
-        index = get_reader(self.dataset).read(folder)
-        return {record.patient_id: record for record in index.images}
 
     def boxes(self, record: RsnaImage, height: int, width: int) -> np.ndarray:
         """The record's boxes for the detection system (see :func:`rsna_boxes`)."""

@@ -11,10 +11,6 @@ used (no positive/negative balancing, as MGCA).
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from cxrbench.data.formats import get_reader
-from cxrbench.data.formats.rsna import RsnaImage
 from cxrbench.tasks import TASKS
 from cxrbench.tasks.base import Task
 
@@ -24,7 +20,3 @@ class RsnaSeg(Task):
     kind = "segmentation"
     dataset = "rsna"
     metric = "dice"
-
-    def annotations(self, folder: Path) -> dict[str, RsnaImage]:
-        index = get_reader("rsna").read(folder)
-        return {image.patient_id: image for image in index.images}

@@ -23,10 +23,7 @@ training images.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
-from cxrbench.data.formats import get_reader
-from cxrbench.data.formats.siim import SiimImage
 from cxrbench.tasks import TASKS
 from cxrbench.tasks.base import Items, Task
 
@@ -61,10 +58,6 @@ class SiimSeg(Task):
     kind = "segmentation"
     dataset = "siim"
     metric = "dice"
-
-    def annotations(self, folder: Path) -> dict[str, SiimImage]:
-        index = get_reader("siim").read(folder)
-        return {image.image_id: image for image in index.images}
 
     def select_train(self, train: Items) -> Items:
         return balance(train)
