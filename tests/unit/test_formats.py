@@ -86,6 +86,9 @@ def test_mimic_reader_and_pairs(tmp_path: Path) -> None:
         ("d5", TEXT_NUMBERED),
         ("d8", TEXT_FULL),
     ]
+    sentence_pairs = mimic.sentence_pairs(index)
+    assert [" ".join(s) for _, s in sentence_pairs] == [text for _, text in pairs]
+    assert all(len(s) > 1 for _, s in sentence_pairs)  # the fixtures' reports have several
 
 
 def test_mimic_inspect_and_problems(tmp_path: Path) -> None:

@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 from fixtures_formats import REPORT_FULL, REPORT_NO_SECTIONS, TEXT_FULL
 
-from cxrbench.data.reports import clean_report, extract_sections, read_report, report_text
+from cxrbench.data.reports import (
+    clean_report,
+    clean_sentences,
+    extract_sections,
+    read_report,
+    report_sentences,
+    report_text,
+)
 from cxrbench.errors import DataFormatError
 
 
@@ -87,6 +94,17 @@ def test_clean_report_full_report() -> None:
 )
 def test_clean_report_by_hand(impression: str, findings: str | None, expected: str) -> None:
     assert clean_report(impression, findings) == expected
+
+
+def test_sentences_are_the_cleaned_report_split() -> None:
+    """GLoRIA samples one sentence; the sentences joined are exactly MGCA's cleaned text."""
+    assert report_sentences(REPORT_FULL) and " ".join(report_sentences(REPORT_FULL)) == TEXT_FULL
+    assert clean_sentences("No effusion. 2. Heart size normal.", "Lungs clear.") == [
+        "no effusion",
+        "heart size normal",
+        "lungs clear",
+    ]
+    assert clean_sentences("Clear.", None) == []  # under 3 tokens: nothing, like clean_report
 
 
 def test_read_report_utf8(tmp_path: Path) -> None:

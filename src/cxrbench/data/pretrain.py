@@ -2,8 +2,10 @@
 
 Pairs are the frontal images (PA/AP) whose MGCA-cleaned impression + findings text is non-empty
 (``formats.mimic.pairs``); the official ``train`` split trains, ``validate`` + ``test`` validate
-(MGCA merges them). A batch is ``{"image": (B, 3, S, S) float, "text": list[str], "study_id":
-list[str]}``; tokenisation belongs to the method's text encoder, so this module knows nothing about
+(MGCA merges them). A batch is ``{"image": (B, 3, S, S) float, "text": list[str], "sentences":
+list[tuple[str, ...]], "study_id": list[str]}`` (``text`` is the cleaned report, ``sentences`` the
+same words split into its cleaned sentences, for methods that sample or align sentences);
+tokenisation belongs to the method's text encoder, so this module knows nothing about
 any method.
 """
 
@@ -29,6 +31,7 @@ class Pair:
     image_path: Path
     text: str
     study_id: str
+    sentences: tuple[str, ...] = ()  # the cleaned sentences; ``text`` is them joined by spaces
 
 
 def load_pairs(mimic_root: Path, split: str, limit: int | None = None) -> list[Pair]:
@@ -37,7 +40,7 @@ def load_pairs(mimic_root: Path, split: str, limit: int | None = None) -> list[P
         raise ValueError(f"split must be one of {tuple(TRAIN_SPLITS)}, got {split!r}")
     index = mimic.read(Path(mimic_root))
     wanted = TRAIN_SPLITS[split]
-    chosen = [(img, text) for img, text in mimic.pairs(index) if img.split in wanted]
+    chosen = [(img, sents) for img, sents in mimic.sentence_pairs(index) if img.split in wanted]
     if not chosen:
         raise DataFormatError(
             mimic_root,
@@ -46,7 +49,7 @@ def load_pairs(mimic_root: Path, split: str, limit: int | None = None) -> list[P
             f"official {'/'.join(wanted)} split",
             "no usable image-report pairs",
         )
-    pairs = [Pair(img.image_path, text, img.study_id) for img, text in chosen]
+    pairs = [Pair(img.image_path, " ".join(s), img.study_id, s) for img, s in chosen]
     return pairs[:limit] if limit else pairs
 
 
@@ -63,7 +66,13 @@ class PairDataset(Dataset[dict[str, Any]]):
     def __getitem__(self, i: int) -> dict[str, Any]:
         pair = self.pairs[i]
         image = mgca_image(read_image(pair.image_path), self.resize, self.crop, train=self.train)
-        return {"image": image, "text": pair.text, "study_id": pair.study_id}
+        sentences = pair.sentences or (pair.text,)
+        return {
+            "image": image,
+            "text": pair.text,
+            "sentences": sentences,
+            "study_id": pair.study_id,
+        }
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:

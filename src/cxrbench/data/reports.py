@@ -90,8 +90,12 @@ def _sentence_tokens(sentence: str) -> list[str] | None:
     return [t for t in kept if t]
 
 
-def clean_report(impression: str | None, findings: str | None) -> str:
-    """MGCA's cleaned pre-training text for one study (``""`` when fewer than 3 tokens remain)."""
+def clean_sentences(impression: str | None, findings: str | None) -> list[str]:
+    """MGCA's cleaned sentences of one study, in order (``[]`` when fewer than 3 tokens remain).
+
+    :func:`clean_report` is these joined with single spaces; methods that sample a sentence
+    (GLoRIA) or align per sentence use the list.
+    """
     caption = f"{impression or ''} {findings or ''}".replace("\n", " ")
     sentences: list[str] = []
     total = 0
@@ -101,13 +105,23 @@ def clean_report(impression: str | None, findings: str | None) -> str:
             if tokens:
                 sentences.append(" ".join(tokens))
                 total += len(tokens)
-    return " ".join(sentences) if total >= MIN_REPORT_TOKENS else ""
+    return sentences if total >= MIN_REPORT_TOKENS else []
+
+
+def clean_report(impression: str | None, findings: str | None) -> str:
+    """MGCA's cleaned pre-training text for one study (``""`` when fewer than 3 tokens remain)."""
+    return " ".join(clean_sentences(impression, findings))
+
+
+def report_sentences(text: str) -> list[str]:
+    """MGCA's cleaned sentences of a report (:func:`clean_sentences` of impression, findings)."""
+    sections = extract_sections(text)
+    return clean_sentences(sections.get("impression", ""), sections.get("findings", ""))
 
 
 def report_text(text: str) -> str:
     """MGCA's cleaned text of a report: :func:`clean_report` of its impression and findings."""
-    sections = extract_sections(text)
-    return clean_report(sections.get("impression", ""), sections.get("findings", ""))
+    return " ".join(report_sentences(text))
 
 
 def read_report(path: str | Path) -> str:

@@ -36,7 +36,7 @@ from cxrbench.data.formats._common import (
     require_dir,
     require_file,
 )
-from cxrbench.data.reports import read_report, report_text
+from cxrbench.data.reports import read_report, report_sentences
 from cxrbench.errors import DataFormatError
 
 FOLDER = "mimic-cxr-jpg"
@@ -177,30 +177,42 @@ def read(root: Path) -> MimicIndex:
     return MimicIndex(root=root, images=images, labels=_read_labels(root))
 
 
-def study_texts(
+def study_sentences(
     images: Iterable[MimicImage], *, errors: list[DataFormatError] | None = None
-) -> dict[str, str]:
-    """Cleaned report text per study_id, reading each study's report once.
+) -> dict[str, tuple[str, ...]]:
+    """Cleaned report sentences per study_id, reading each study's report once.
 
-    With ``errors`` given, unreadable reports are appended to it (their study gets ``""``) instead
+    With ``errors`` given, unreadable reports are appended to it (their study gets ``()``) instead
     of raising.
     """
-    texts: dict[str, str] = {}
+    sentences: dict[str, tuple[str, ...]] = {}
     for image in images:
-        if image.study_id in texts:
+        if image.study_id in sentences:
             continue
         try:
-            texts[image.study_id] = report_text(read_report(image.report_path))
+            sentences[image.study_id] = tuple(report_sentences(read_report(image.report_path)))
         except DataFormatError as err:
             if errors is None:
                 raise
             errors.append(err)
-            texts[image.study_id] = ""
-    return texts
+            sentences[image.study_id] = ()
+    return sentences
+
+
+def study_texts(
+    images: Iterable[MimicImage], *, errors: list[DataFormatError] | None = None
+) -> dict[str, str]:
+    """Cleaned report text per study_id (its sentences joined by spaces; see study_sentences)."""
+    return {k: " ".join(v) for k, v in study_sentences(images, errors=errors).items()}
 
 
 def pairs(index: MimicIndex) -> list[tuple[MimicImage, str]]:
     """Frontal images with their study's cleaned report text, leaving out empty texts."""
+    return [(image, " ".join(s)) for image, s in sentence_pairs(index)]
+
+
+def sentence_pairs(index: MimicIndex) -> list[tuple[MimicImage, tuple[str, ...]]]:
+    """Frontal images with their study's cleaned report sentences, leaving out empty reports."""
     frontal = index.frontal()
-    texts = study_texts(frontal)
-    return [(image, texts[image.study_id]) for image in frontal if texts[image.study_id]]
+    sentences = study_sentences(frontal)
+    return [(image, sentences[image.study_id]) for image in frontal if sentences[image.study_id]]
