@@ -4,7 +4,6 @@ put, the RSNA / Object-CXR tasks on synth-tiny, and one run_transfer end to end.
 from __future__ import annotations
 
 import copy
-import time
 from pathlib import Path
 from typing import Any
 
@@ -197,7 +196,6 @@ def test_faster_rcnn_transform_neither_resizes_nor_renormalises() -> None:
 def test_each_detector_overfits_eight_images_with_a_trainable_encoder(
     tmp_path, detector: str, params: dict[str, Any], epochs: int
 ) -> None:
-    start = time.perf_counter()
     L.seed_everything(0, verbose=False)
     items = rectangles(tmp_path)
     records = [r.copy() for r in items.targets]
@@ -216,7 +214,6 @@ def test_each_detector_overfits_eight_images_with_a_trainable_encoder(
     assert any(k.endswith("weight") for k in changed)  # finetune: the encoder trained too
     for record, kept in zip(items.targets, records, strict=True):
         np.testing.assert_array_equal(record, kept)  # no in-place scaling of the records
-    assert time.perf_counter() - start < 60
 
 
 @pytest.mark.parametrize("detector", ["yolov3", "faster_rcnn"])
@@ -284,7 +281,6 @@ def test_run_transfer_objectcxr_det_end_to_end(synth_tiny, tmp_path) -> None:
     from cxrbench.report.store import read_record
     from cxrbench.runner.transfer import load_task, run_transfer
 
-    start = time.perf_counter()
     torch.manual_seed(0)
     artifact = export_encoder(
         build_backbone("tiny", image_size=64), tmp_path / "enc", method="random_init",
@@ -300,4 +296,3 @@ def test_run_transfer_objectcxr_det_end_to_end(synth_tiny, tmp_path) -> None:
     for key in ("test/map", "test/map_mgca", "test/map50"):
         assert 0.0 <= stored.metrics[key] <= 1.0
     assert record.metrics == stored.metrics and "val/map" in stored.metrics
-    assert time.perf_counter() - start < 60
