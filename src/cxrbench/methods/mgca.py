@@ -59,7 +59,7 @@ from cxrbench.losses.contrastive import info_nce
 from cxrbench.losses.prototypes import swapped_prediction
 from cxrbench.losses.token_alignment import clipped_weights, token_alignment
 from cxrbench.methods import METHODS
-from cxrbench.methods._heads import bn_mlp
+from cxrbench.methods._heads import TokenHead, bn_mlp
 from cxrbench.methods.base import PretrainMethod
 from cxrbench.models.backbones import ViTBackbone
 
@@ -102,23 +102,6 @@ def _vit_cls_attention(block: nn.Module, hidden: Tensor) -> Tensor:
     k = k.view(b, n, heads, d // heads)
     scores = torch.einsum("bhd,bnhd->bhn", q, k) / float(d // heads) ** 0.5
     return scores.softmax(dim=-1).mean(dim=1)[:, 1:]
-
-
-class TokenHead(nn.Module):
-    """MGCA's local head (a BN-MLP per token) applied to the valid tokens only."""
-
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int) -> None:
-        super().__init__()
-        self.mlp = bn_mlp(in_dim, hidden_dim, out_dim)
-        self.out_dim = out_dim
-
-    def forward(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
-        if mask is None:
-            b, n, d = tokens.shape
-            return self.mlp(tokens.reshape(b * n, d)).view(b, n, self.out_dim)
-        out = tokens.new_zeros(*tokens.shape[:2], self.out_dim)
-        out[mask] = self.mlp(tokens[mask]).to(out.dtype)
-        return out
 
 
 @METHODS.register("mgca")

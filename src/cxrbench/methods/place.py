@@ -102,7 +102,7 @@ from cxrbench.errors import ConfigError, CxrbenchError
 from cxrbench.losses.contrastive import info_nce
 from cxrbench.losses.distributed import gather_no_grad, gather_with_grad, is_distributed, rank
 from cxrbench.methods import METHODS
-from cxrbench.methods._heads import bn_mlp
+from cxrbench.methods._heads import TokenHead, bn_mlp
 from cxrbench.methods.base import PretrainMethod
 
 CCE_LOSSES = ("kl", "mse")
@@ -284,23 +284,6 @@ def sentence_assignment(
 # ---------------------------------------------------------------- modules
 
 
-class MaskedHead(nn.Module):
-    """A BN-MLP (MGCA's local head) applied per token to the valid tokens only (zeros elsewhere)."""
-
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int) -> None:
-        super().__init__()
-        self.mlp = bn_mlp(in_dim, hidden_dim, out_dim)
-        self.out_dim = out_dim
-
-    def forward(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
-        if mask is None:
-            b, n, d = tokens.shape
-            return self.mlp(tokens.reshape(b * n, d)).view(b, n, self.out_dim)
-        out = tokens.new_zeros(*tokens.shape[:2], self.out_dim)
-        out[mask] = self.mlp(tokens[mask]).to(out.dtype)
-        return out
-
-
 class ObservationExtractor(nn.Module):
     """VPOE: learnable pathology queries → transformer decoder over the image tokens."""
 
@@ -377,8 +360,8 @@ class PLACE(PretrainMethod):
             dims["tokens"], (grid[0], grid[1]), p.num_queries, p.decoder_dim, p.decoder_depth,
             p.decoder_heads,
         )  # fmt: skip
-        self.visual_head = MaskedHead(p.decoder_dim, p.hidden_dim, p.embed_dim)
-        self.sentence_head = MaskedHead(hidden, p.hidden_dim, p.embed_dim)
+        self.visual_head = TokenHead(p.decoder_dim, p.hidden_dim, p.embed_dim)
+        self.sentence_head = TokenHead(hidden, p.hidden_dim, p.embed_dim)
         self.predictor = ReportConditionedPatches(dims["tokens"], hidden, p.cce_dim, p.cce_heads)
 
     def _sentences(self, batch: dict[str, Any]) -> list[list[int]]:
