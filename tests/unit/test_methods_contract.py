@@ -25,6 +25,8 @@ def _overrides(name: str, text_model: Path, tmp_path: Path) -> list[str]:
         weights = tmp_path / "resnet18.pth"
         torch.save(torchvision.models.resnet18().state_dict(), weights)
         sets += ["backbone.name=resnet18", f"backbone.weights={weights}"]
+    if name == "mpma":  # a ViT method; the tiny preset sets the ResNet `tiny`
+        sets.append("backbone.name=vit_tiny")
     return sets
 
 
