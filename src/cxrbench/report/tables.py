@@ -1,44 +1,208 @@
 """Tables generated from result records (never typed by hand): the MGCA table shape.
 
-Rows are methods, columns are ``task fraction`` pairs grouped by task, cells ``mean ± std`` over
-seeds (the mean alone for a single seed; ×100 for AUROC and accuracy, as the papers print them),
-the best mean of each column in bold (by the metric's direction), ``†`` on cells with fewer
-seeds than planned, ``–`` where no run exists. Every written file starts with a comment naming
-the command and code version.
+One layout, three renderers. :func:`build_layout` turns aggregated cells (and optionally rows
+quoted from papers, :mod:`cxrbench.report.published`) into rows = methods in the given order, then
+the reported rows; column groups = tasks; columns = label fractions. :func:`render_markdown`,
+:func:`render_latex` and :func:`render_csv` print it.
+
+- Cells are ``mean ± std`` over seeds (the mean alone for one seed: no misleading ± 0), ×100 for
+  AUROC, accuracy, Dice and mAP as the papers print them; ``–`` (LaTeX ``--``) where no run
+  exists; ``†`` on cells with fewer seeds than planned.
+- The best mean of each column among **our** runs is bold, by the metric's direction. Reported
+  rows (``‡``) never compete and are never bold: they come from other code, data and hardware.
+- A reported value whose metric differs from our column's (detection: the papers print MGCA's
+  ``map_mgca``, our column is ``map``) carries ``§`` and a footnote saying so.
+- Every written file starts with a comment naming the command and the code version
+  (:func:`header_line`).
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from cxrbench.errors import ConfigError, CxrbenchError
 from cxrbench.report.aggregate import Cell
-from cxrbench.runner.provenance import code_version
+from cxrbench.report.published import PublishedRow
+from cxrbench.report.schema import ResultRecord
+from cxrbench.report.store import collect
 from cxrbench.utils.io import atomic_write_text
 
+if TYPE_CHECKING:
+    from cxrbench.runner.plan import Suite
 
-def _columns(cells: Sequence[Cell]) -> list[tuple[str, float]]:
-    tasks = list(dict.fromkeys(c.task for c in cells))
-    return [(t, f) for t in tasks for f in sorted({c.fraction for c in cells if c.task == t})]
+log = logging.getLogger(__name__)
+FORMATS = {"md": "md", "tex": "tex", "csv": "csv"}  # --format → file extension
+PAPER_SCALE = {"auroc": 100.0, "accuracy": 100.0, "dice": 100.0, "map": 100.0}
+METRIC_NAMES = {"auroc": "AUROC", "accuracy": "ACC", "dice": "Dice", "map": "mAP"}
+REPORTED, PARTIAL, VARIANT = "‡", "†", "§"
 
 
-def _best(cells: Sequence[Cell], column: tuple[str, float]) -> float | None:
-    values = [c for c in cells if (c.task, c.fraction) == column]
+@dataclass(frozen=True)
+class Column:
+    task: str
+    fraction: float
+    metric: str  # short key, e.g. "auroc"
+    scale: float  # display = stored value × scale
+    higher_is_better: bool = True
+
+
+@dataclass(frozen=True)
+class Entry:
+    mean: float  # display units (already scaled)
+    std: float | None  # None: one seed, or a reported value
+    n: int | None = None  # seeds (None for a reported value)
+    planned: int | None = None
+    best: bool = False
+    metric: str = ""  # a reported value's metric when it differs from the column's
+
+    @property
+    def complete(self) -> bool:
+        return self.n is None or self.planned is None or self.n >= self.planned
+
+
+@dataclass(frozen=True)
+class Row:
+    method: str
+    entries: tuple[Entry | None, ...]  # one per column
+    reported: PublishedRow | None = None  # None: our run
+
+
+@dataclass(frozen=True)
+class Layout:
+    columns: tuple[Column, ...]
+    rows: tuple[Row, ...]  # ours first, then reported
+    partial: tuple[Cell, ...]  # cells with fewer seeds than planned, in aggregate order
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(dict.fromkeys(c.task for c in self.columns))
+
+    def metric_of(self, task: str) -> str:
+        return next(c.metric for c in self.columns if c.task == task)
+
+    @property
+    def reported(self) -> list[Row]:
+        return [r for r in self.rows if r.reported is not None]
+
+
+def build_layout(
+    cells: Sequence[Cell],
+    *,
+    method_order: Sequence[str] | None = None,
+    task_order: Sequence[str] | None = None,
+    scale: float | None = None,
+    published: Sequence[PublishedRow] = (),
+) -> Layout:
+    """``scale`` None: each metric's paper scale (``PAPER_SCALE``, 1 for others)."""
+    tasks = list(dict.fromkeys([*(task_order or []), *(c.task for c in cells)]))
+    metrics = {c.task: c.metric.split("/")[-1] for c in cells}
+    higher = {c.task: c.higher_is_better for c in cells}
+    scales = {t: PAPER_SCALE.get(m, 1.0) if scale is None else scale for t, m in metrics.items()}
+    columns = tuple(
+        Column(t, f, metrics[t], scales[t], higher[t])
+        for t in tasks
+        if t in metrics
+        for f in sorted({c.fraction for c in cells if c.task == t})
+    )
+    methods = list(dict.fromkeys([*(method_order or []), *sorted({c.method for c in cells})]))
+    index = {(c.method, c.task, c.fraction): c for c in cells}
+    best = {col: _best(cells, col) for col in columns}
+    rows = []
+    for m in [m for m in methods if any(c.method == m for c in cells)]:
+        entries = tuple(_entry(index.get((m, c.task, c.fraction)), c, best[c]) for c in columns)
+        rows.append(Row(m, entries))
+    for pub in published:
+        entries = tuple(_reported(pub, col) for col in columns)
+        if any(pub.score(col.task, col.fraction) is not None for col in columns):
+            rows.append(Row(pub.method, entries, pub))
+    return Layout(columns, tuple(rows), tuple(c for c in cells if not c.complete))
+
+
+def _best(cells: Sequence[Cell], column: Column) -> float | None:
+    values = [c for c in cells if (c.task, c.fraction) == (column.task, column.fraction)]
     if not values:
         return None
     pick = max if values[0].higher_is_better else min
     return pick(c.mean for c in values)
 
 
-def _cell_text(cell: Cell | None, best: float | None, scale: float, decimals: int) -> str:
+def _entry(cell: Cell | None, col: Column, best: float | None) -> Entry | None:
     if cell is None:
+        return None
+    std = cell.std * col.scale if cell.n > 1 else None
+    return Entry(cell.mean * col.scale, std, cell.n, cell.planned, cell.mean == best)
+
+
+def _reported(pub: PublishedRow, col: Column) -> Entry | None:
+    score = pub.score(col.task, col.fraction)
+    if score is None or score.value is None:
+        return None
+    metric = score.metric if score.metric != col.metric else ""
+    return Entry(score.value * (col.scale / 100.0), None, metric=metric)
+
+
+# ----------------------------------------------------------------------------------- Markdown
+
+
+def _md_cell(entry: Entry | None, decimals: int) -> str:
+    if entry is None:
         return "–"
-    text = f"{cell.mean * scale:.{decimals}f}"
-    if cell.n > 1:  # one seed has no spread: print none rather than a misleading ± 0
-        text += f" ± {cell.std * scale:.{decimals}f}"
-    if best is not None and cell.mean == best:
+    text = f"{entry.mean:.{decimals}f}"
+    if entry.std is not None:
+        text += f" ± {entry.std:.{decimals}f}"
+    if entry.best:
         text = f"**{text}**"
-    return text if cell.complete else f"{text} †"
+    if entry.metric:
+        text += f" {VARIANT}"
+    return text if entry.complete else f"{text} {PARTIAL}"
+
+
+def render_markdown(layout: Layout, *, decimals: int = 1, title: str | None = None) -> str:
+    lines = [f"**{title}**", ""] if title else []
+    lines.append("metrics: " + ", ".join(f"{t} {layout.metric_of(t)}" for t in layout.tasks))
+    header = ["method", *[f"{c.task} {c.fraction * 100:g}%" for c in layout.columns]]
+    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in layout.rows:
+        name = row.method if row.reported is None else f"{row.method} {REPORTED}"
+        cells = [_md_cell(e, decimals) for e in row.entries]
+        lines.append("| " + " | ".join([name, *cells]) + " |")
+    notes = _notes(layout)
+    if notes:
+        lines.append("")
+        lines += notes
+    return "\n".join(lines) + "\n"
+
+
+def _notes(layout: Layout) -> list[str]:
+    """Plain-text footnotes: incomplete cells, reported rows and their sources, metric variants."""
+    notes = []
+    if layout.partial:
+        what = ", ".join(
+            f"{c.method} {c.task} {c.fraction * 100:g}%: {c.n}/{c.planned}" for c in layout.partial
+        )
+        notes.append(f"{PARTIAL} fewer seeds than planned ({what})")
+    if layout.reported:
+        sources: dict[str, list[str]] = {}
+        for row in layout.reported:
+            assert row.reported is not None
+            sources.setdefault(row.reported.citation, []).append(row.method)
+        cited = "; ".join(f"{src}: {', '.join(names)}" for src, names in sources.items())
+        notes.append(
+            f"{REPORTED} reported: quoted from the paper, not run here (other code, data and "
+            f"hardware), never ranked or bold; {cited}"
+        )
+    variants = sorted({(c.task, c.metric, e.metric) for r in layout.reported
+                       for c, e in zip(layout.columns, r.entries, strict=True)
+                       if e is not None and e.metric})  # fmt: skip
+    for task, ours, theirs in variants:
+        notes.append(f"{VARIANT} {task}: the reported value is {theirs}, our column {ours}")
+    return notes
 
 
 def markdown_table(
@@ -49,36 +213,255 @@ def markdown_table(
     title: str | None = None,
     method_order: Sequence[str] | None = None,
 ) -> str:
-    columns = _columns(cells)
-    methods = list(dict.fromkeys([*(method_order or []), *sorted({c.method for c in cells})]))
-    methods = [m for m in methods if any(c.method == m for c in cells)]
-    index = {(c.method, c.task, c.fraction): c for c in cells}
-    best = {col: _best(cells, col) for col in columns}
-    header = ["method", *[f"{task} {fraction * 100:g}%" for task, fraction in columns]]
-    lines = []
-    if title:
-        lines += [f"**{title}**", ""]
-    metrics = {c.task: c.metric.split("/")[-1] for c in cells}
-    lines.append("metrics: " + ", ".join(f"{t} {m}" for t, m in metrics.items()) + "")
-    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for method in methods:
-        row = [
-            _cell_text(index.get((method, t, f)), best[(t, f)], scale, decimals) for t, f in columns
-        ]
-        lines.append("| " + " | ".join([method, *row]) + " |")
-    partial = [c for c in cells if not c.complete]
-    if partial:
-        lines += [
-            "",
-            "† fewer seeds than planned ("
-            + ", ".join(
-                f"{c.method} {c.task} {c.fraction * 100:g}%: {c.n}/{c.planned}" for c in partial
-            )
-            + ")",
-        ]
+    """The Markdown table of ``cells`` (every metric × ``scale``), as ``cxrbench bench`` prints."""
+    layout = build_layout(cells, method_order=method_order, scale=scale)
+    return render_markdown(layout, decimals=decimals, title=title)
+
+
+# -------------------------------------------------------------------------------------- LaTeX
+
+_TEX = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+    "±": r"$\pm$", "×": r"$\times$", "–": "--", "—": "---", "·": r"$\cdot$",
+    REPORTED: r"$^\ddagger$", PARTIAL: r"$^\dagger$", VARIANT: r"\S{}",
+}  # fmt: skip
+
+
+def tex_escape(text: str) -> str:
+    return "".join(_TEX.get(ch, ch) for ch in text)
+
+
+def _tex_cell(entry: Entry | None, decimals: int) -> str:
+    if entry is None:
+        return "--"
+    text = f"{entry.mean:.{decimals}f}"
+    if entry.best:
+        text = rf"\textbf{{{text}}}"
+    marks = (r"\S" if entry.metric else "") + ("" if entry.complete else r"\dagger")
+    math = "" if entry.std is None else rf"_{{\pm {entry.std:.{decimals}f}}}"
+    math += rf"^{{{marks}}}" if marks else ""
+    return f"{text}${math}$" if math else text
+
+
+def render_latex(
+    layout: Layout, *, decimals: int = 1, caption: str = "", label: str = "tab:results"
+) -> str:
+    """A booktabs table (``\\usepackage{booktabs}``), ``table*`` when wider than six columns."""
+    env = "table*" if len(layout.columns) > 6 else "table"
+    lines = [
+        rf"\begin{{{env}}}[t]",
+        r"\centering",
+        r"\small",
+        rf"\caption{{{tex_escape(caption)}}}",
+        rf"\label{{{label}}}",
+        *_tex_head(layout),
+    ]
+    lines += [_tex_row(r.method, r.entries, decimals) for r in layout.rows if r.reported is None]
+    if layout.reported:
+        span, note = 1 + len(layout.columns), r"\textit{Reported in papers (not ranked)}"
+        lines += [r"\midrule", rf"\multicolumn{{{span}}}{{l}}{{{note}}} \\"]
+        lines += [_tex_row(r.method + REPORTED, r.entries, decimals) for r in layout.reported]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    notes = _notes(layout)
+    if notes:
+        lines.append(r"\par\smallskip")
+        lines += [r"{\footnotesize " + tex_escape(n) + r"\par}" for n in notes]
+    lines.append(rf"\end{{{env}}}")
     return "\n".join(lines) + "\n"
 
 
+def _tex_head(layout: Layout) -> list[str]:
+    """``\\begin{tabular}`` to the first ``\\midrule``: task groups over their fractions."""
+    groups = [(t, [c for c in layout.columns if c.task == t]) for t in layout.tasks]
+    top, rules, start = [""], [], 2
+    for task, cols in groups:
+        name = f"{task} ({METRIC_NAMES.get(cols[0].metric, cols[0].metric)})"
+        top.append(rf"\multicolumn{{{len(cols)}}}{{c}}{{{tex_escape(name)}}}")
+        rules.append(rf"\cmidrule(lr){{{start}-{start + len(cols) - 1}}}")
+        start += len(cols)
+    spec = "l" + "".join(" " + "c" * len(cols) for _, cols in groups)
+    fractions = ["Method", *[rf"{c.fraction * 100:g}\%" for c in layout.columns]]
+    return [rf"\begin{{tabular}}{{{spec}}}", r"\toprule", " & ".join(top) + r" \\",
+            " ".join(rules), " & ".join(fractions) + r" \\", r"\midrule"]  # fmt: skip
+
+
+def _tex_row(method: str, entries: Sequence[Entry | None], decimals: int) -> str:
+    return " & ".join([tex_escape(method), *[_tex_cell(e, decimals) for e in entries]]) + r" \\"
+
+
+# ---------------------------------------------------------------------------------------- CSV
+
+CSV_FIELDS = (
+    "method", "source", "task", "fraction", "metric", "scale", "mean", "std", "n", "planned",
+    "complete", "best", "paper", "venue", "table", "protocol", "tag",
+)  # fmt: skip
+
+
+def render_csv(layout: Layout, *, decimals: int = 3) -> str:
+    """One row per (method, task, fraction) that has a value; numbers in display units."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_FIELDS)
+    for row in layout.rows:
+        pub = row.reported
+        for col, e in zip(layout.columns, row.entries, strict=True):
+            if e is None:
+                continue
+            std = "" if e.std is None else f"{e.std:.{decimals}f}"
+            cite = [pub.paper, pub.venue, pub.table, pub.protocol, pub.source] if pub else [""] * 5
+            writer.writerow([
+                row.method, "reported" if pub else "ours", col.task, f"{col.fraction:g}",
+                e.metric or col.metric, f"{col.scale:g}", f"{e.mean:.{decimals}f}", std,
+                "" if e.n is None else e.n, "" if e.planned is None else e.planned,
+                int(e.complete), int(e.best), *cite,
+            ])  # fmt: skip
+    return out.getvalue()
+
+
+# ------------------------------------------------------------------------------------- files
+
+_COMMENT = {"md": "<!-- {} -->", "tex": "% {}", "csv": "# {}"}
+
+
+def header_line(fmt: str, command: str, version: str | None = None) -> str:
+    """``generated by: <command> · cxrbench <version>`` in the comment syntax of ``fmt``."""
+    if version is None:
+        from cxrbench.runner.provenance import code_version
+
+        version = code_version()
+    return _COMMENT[fmt].format(f"generated by: {command} · cxrbench {version}") + "\n"
+
+
+def render(layout: Layout, fmt: str, *, title: str = "", label: str = "tab:results") -> str:
+    if fmt == "md":
+        return render_markdown(layout, title=title or None)
+    if fmt == "tex":
+        return render_latex(layout, caption=title, label=label)
+    if fmt == "csv":
+        return render_csv(layout)
+    raise ValueError(f"unknown table format {fmt!r}; one of: {', '.join(FORMATS)}")
+
+
+def write_generated(text: str, path: Path, fmt: str, command: str) -> None:
+    atomic_write_text(path, header_line(fmt, command) + text)
+
+
 def write_table(text: str, path: Path, command: str) -> None:
-    header = f"<!-- generated by: {command} · cxrbench {code_version()} -->\n"
-    atomic_write_text(path, header + text)
+    write_generated(text, path, "md", command)
+
+
+# ------------------------------------------------------------------------------ suite tables
+
+TASK_PROTOCOL = {1: "mgca"}  # task version → protocol family (PROTOCOLS.md §1)
+
+
+def load_suite_arg(text: str) -> Suite:
+    """``--suite``: a suite file, or the name of one in ``benchmarks/``."""
+    from cxrbench.runner.plan import load_suite
+
+    path = Path(text)
+    if not path.is_file() and not text.endswith(".yaml"):
+        path = Path("benchmarks") / f"{text}.yaml"
+    if not path.is_file():
+        raise ConfigError(text, None, f"no suite file {text!r} (nor benchmarks/{text}.yaml)")
+    return load_suite(path)
+
+
+def suite_records(suite: Suite, runs: Path) -> list[ResultRecord]:
+    """The records of the suite's grid under ``runs/<suite>/`` (what ``cxrbench bench`` tabulates:
+    a run folder of the suite counts even when its record was made under another suite name)."""
+    folder = Path(runs) / suite.name
+    if not folder.is_dir():
+        raise CxrbenchError(f"{folder}: no runs of suite {suite.name!r} (pass --runs?)")
+    records = [
+        r
+        for r in collect(folder)
+        if r.method in suite.methods
+        and r.task in suite.tasks
+        and r.fraction in suite.fractions
+        and r.seed in suite.seeds
+    ]
+    if not records:
+        raise CxrbenchError(f"{folder}: no result records in the grid of suite {suite.name!r}")
+    return records
+
+
+def protocol_of(records: Sequence[ResultRecord]) -> str | None:
+    """The protocol family of the records, None when they mix families or a version is unknown."""
+    if any(r.probe_mode == "finetune" for r in records):
+        return None
+    found = {TASK_PROTOCOL.get(r.task_version) for r in records}
+    return found.pop() if len(found) == 1 else None
+
+
+def suite_caption(suite: Suite, records: Sequence[ResultRecord], reported: bool = False) -> str:
+    """Protocol, encoder, data, preset and seeds of a suite's table, in words."""
+    versions = ", ".join(
+        f"{t} v{v}" for t, v in sorted({(r.task, r.task_version) for r in records})
+    )
+    modes = sorted({r.probe_mode for r in records})
+    encoder = "fine-tuned" if "finetune" in modes else "frozen"
+    protocol = protocol_of(records) or "mixed protocol families"
+    data = suite.data_root or f"SynthCXR {suite.preset} (synthetic)"
+    n = len(suite.seeds)
+    seeds = ", ".join(str(s) for s in suite.seeds)
+    spread = f"mean ± std over {n} transfer seeds" if n > 1 else "one transfer seed"
+    metrics = sorted({r.metric.split("/")[-1] for r in records} & set(PAPER_SCALE))
+    scaled = f"{', '.join(METRIC_NAMES[m] for m in metrics)} × 100; " if metrics else ""
+    text = (
+        f"{suite.name}: protocol {protocol} (task versions {versions}), {encoder} encoder "
+        f"(probe {', '.join(modes)}); data {data}; preset {suite.preset}; {spread} ({seeds}) "
+        f"on pre-training seed {suite.pretrain_seed}; {scaled}best of our runs in bold"
+    )
+    return text + ("; ‡ quoted from papers, not ranked" if reported else "")
+
+
+def reported_rows(
+    suite: Suite, records: Sequence[ResultRecord], scope: str | None, folder: Path
+) -> list[PublishedRow]:
+    """Published rows of the records' protocol: ``scope`` None: none; ``"suite"``: those on the
+    suite's methods; ``"all"``: every one. Records of mixed protocol families get none."""
+    from cxrbench.report.published import load_published, select
+
+    protocol = protocol_of(records)
+    if scope is None:
+        return []
+    if protocol is None:
+        log.warning("%s: runs of several protocol families, no published rows", suite.name)
+        return []
+    return select(load_published(folder), protocol, None if scope == "all" else suite.methods)
+
+
+def suite_layout(
+    suite: Suite, runs: Path, published: str | None, published_dir: Path
+) -> tuple[Layout, str]:
+    """The suite's layout (records of ``runs/<suite>``, seeds planned by the suite) and caption."""
+    from cxrbench.report.aggregate import aggregate
+
+    records = suite_records(suite, runs)
+    cells = aggregate(records, planned_seeds=len(suite.seeds))
+    rows = reported_rows(suite, records, published, published_dir)
+    layout = build_layout(cells, method_order=suite.methods, task_order=suite.tasks, published=rows)
+    return layout, suite_caption(suite, records, reported=bool(layout.reported))
+
+
+def write_suite_tables(
+    suite: Suite,
+    runs: Path,
+    out: Path,
+    formats: Sequence[str],
+    *,
+    command: str,
+    published: str | None = None,
+    published_dir: Path = Path("results/published"),
+) -> list[tuple[Path, str]]:
+    """``cxrbench table``: write ``out/<suite>.<ext>`` per format; returns (path, text) pairs."""
+    layout, caption = suite_layout(suite, runs, published, published_dir)
+    written = []
+    for fmt in formats:
+        text = render(layout, fmt, title=caption, label=f"tab:{suite.name}")
+        path = Path(out) / f"{suite.name}.{FORMATS[fmt]}"
+        write_generated(text, path, fmt, command)
+        written.append((path, text))
+    return written

@@ -3,6 +3,9 @@
 Completed runs are skipped (their ``result.json`` exists), interrupted ones resume, and a failing
 run is reported and does not stop the others (its dependents are skipped with the reason). The
 exit status tells whether everything succeeded.
+
+:func:`pretrain_job` and :func:`transfer_job` are the two jobs of a plan, with plain picklable
+arguments, so the SLURM executor (``executors.py``) runs exactly what this local one runs.
 """
 
 from __future__ import annotations
@@ -14,10 +17,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cxrbench.data.features import FeatureCache
+from cxrbench.errors import CxrbenchError
+from cxrbench.models.artifact import META_FILE
 from cxrbench.report.schema import ResultRecord
-from cxrbench.runner.plan import Plan, PretrainSpec, TransferSpec
+from cxrbench.runner.plan import (
+    Plan,
+    PretrainSpec,
+    Suite,
+    TransferSpec,
+    pretrain_dir,
+    pretrain_overrides,
+    transfer_dir,
+)
 from cxrbench.runner.pretrain import load_config, run_pretrain
-from cxrbench.runner.transfer import load_task, run_transfer
+from cxrbench.runner.transfer import TransferJob, load_task, run_transfer
 
 log = logging.getLogger(__name__)
 
@@ -33,17 +46,42 @@ class Outcome:
         return not self.failures
 
 
-def _pretrain(spec: PretrainSpec, plan: Plan, data_root: Path, out: Path) -> Path:
-    s = plan.suite
-    overrides = [
-        *s.pretrain_overrides,
-        *s.method_overrides.get(spec.method, []),
-        f"seed={spec.seed}",
-    ]
-    if spec.dataset:
-        overrides.append(f"params.dataset={spec.dataset}")
-    job = load_config(spec.method, s.preset, overrides)
-    return run_pretrain(job, data_root, out / s.name / spec.key / f"s{spec.seed}")
+def pretrain_job(spec: PretrainSpec, suite: Suite, data_root: Path, out: Path) -> Path:
+    """One pre-training (a finished one returns its artifact): the local executor calls it in
+    order, a SLURM job (``executors.py``) calls it on a node, with the same arguments."""
+    job = load_config(spec.method, suite.preset, pretrain_overrides(suite, spec))
+    return run_pretrain(job, data_root, pretrain_dir(suite, spec, out))
+
+
+def transfer_job(
+    spec: TransferSpec,
+    suite: Suite,
+    data_root: Path,
+    out: Path,
+    cache_root: Path,
+    force: bool = False,
+    job: TransferJob | None = None,
+) -> ResultRecord:
+    """One transfer run on its method's encoder artifact (a finished run returns its record;
+    ``force`` deletes it first). ``job``: the resolved task config, when the caller has it."""
+    artifact = pretrain_dir(suite, spec.pretrain, out) / "encoder"
+    if not (artifact / META_FILE).is_file():
+        raise CxrbenchError(f"{artifact}: no encoder artifact; pre-train {spec.pretrain.key} first")
+    if job is None:
+        job = load_task(spec.task, suite.preset, suite.transfer_overrides, spec.fraction)
+    run_dir = transfer_dir(suite, spec, out)
+    if force and run_dir.exists():
+        shutil.rmtree(run_dir)
+    return run_transfer(
+        job,
+        artifact,
+        data_root,
+        fraction=spec.fraction,
+        seed=spec.seed,
+        run_dir=run_dir,
+        cache=FeatureCache(cache_root),
+        suite=suite.name,
+    )
 
 
 def execute(
@@ -53,12 +91,11 @@ def execute(
     artifacts: dict[str, Path | Exception] = {}
     for spec in plan.pretrain:
         try:
-            artifacts[spec.key] = _pretrain(spec, plan, data_root, out)
+            artifacts[spec.key] = pretrain_job(spec, plan.suite, data_root, out)
         except Exception as err:
             log.error("pre-training %s failed: %s", spec.key, err)
             artifacts[spec.key] = err
             outcome.failures.append((spec.key, f"{type(err).__name__}: {err}"))
-    cache = FeatureCache(cache_root)
     jobs = {  # resolved up front, so a bad task config stops the suite before any run
         (name, fraction): load_task(
             name, plan.suite.preset, plan.suite.transfer_overrides, fraction
@@ -68,7 +105,8 @@ def execute(
     }
     total = len(plan.transfer)
     for k, transfer in enumerate(plan.transfer, 1):
-        _transfer(transfer, k, total, plan, jobs, artifacts, data_root, out, cache, force, outcome)
+        _transfer(transfer, k, total, plan, jobs, artifacts, data_root, out, cache_root, force,
+                  outcome)  # fmt: skip
     return outcome
 
 
@@ -81,7 +119,7 @@ def _transfer(
     artifacts: dict,
     data_root: Path,
     out: Path,
-    cache: FeatureCache,
+    cache_root: Path,
     force: bool,
     outcome: Outcome,
 ) -> None:
@@ -89,22 +127,11 @@ def _transfer(
     if isinstance(artifact, Exception):
         outcome.failures.append((spec.key, f"its encoder failed to pre-train: {artifact}"))
         return
-    run_dir = out / plan.suite.name / spec.key
-    if force and run_dir.exists():
-        shutil.rmtree(run_dir)
-    done = (run_dir / "result.json").is_file()
+    done = not force and (transfer_dir(plan.suite, spec, out) / "result.json").is_file()
     start = time.perf_counter()
     try:
-        record = run_transfer(
-            jobs[(spec.task, spec.fraction)],
-            artifact,
-            data_root,
-            fraction=spec.fraction,
-            seed=spec.seed,
-            run_dir=run_dir,
-            cache=cache,
-            suite=plan.suite.name,
-        )
+        record = transfer_job(spec, plan.suite, data_root, out, cache_root, force,
+                              jobs[(spec.task, spec.fraction)])  # fmt: skip
     except Exception as err:
         log.error("[%d/%d] %s failed: %s", k, total, spec.key, err)
         outcome.failures.append((spec.key, f"{type(err).__name__}: {err}"))

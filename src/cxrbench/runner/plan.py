@@ -6,6 +6,13 @@ fractions and seeds. The plan pre-trains one encoder per method (per task datase
 method × task × fraction × seed transfer on it. Run folders are keyed by identity:
 ``<out>/<suite>/<method>/pretrain[-<dataset>]/s<pretrain seed>/`` and
 ``<out>/<suite>/<method>/<task>/f<fraction>/s<seed>/``.
+
+A suite may also say what each job asks of a SLURM cluster (``resources:``), how to submit
+(``slurm:``) and what a job costs when no finished run has measured it (``estimates:``); see
+:class:`Resources`, :class:`SlurmSpec` and :class:`Estimates`. A pre-training job given more
+than one GPU (or node) runs Lightning's DDP on them: :func:`pretrain_overrides` adds
+``trainer.devices``, ``trainer.num_nodes`` and ``trainer.strategy=ddp`` to its config, whichever
+executor runs it, so a run's identity does not depend on where it ran.
 """
 
 from __future__ import annotations
@@ -14,11 +21,46 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cxrbench.config import build, load_yaml
-from cxrbench.errors import ConfigError
+from cxrbench.errors import ConfigError, RegistryError
 from cxrbench.methods import METHODS
 from cxrbench.tasks import TASKS
 
 PROTOCOL_SEEDS = [42, 0, 1]
+TASK_KINDS = ("classification", "segmentation", "detection")
+
+
+@dataclass
+class Resources:
+    """What one SLURM job asks for. A field left unset is taken from the section below it:
+    ``pretrain_<method>`` → ``pretrain`` → the defaults of :func:`resources_for` (and
+    ``transfer_<kind>`` → ``transfer`` → defaults)."""
+
+    nodes: int | None = None
+    gpus_per_node: int | None = None  # pre-training: > 1 GPU (or > 1 node) runs DDP
+    cpus_per_task: int | None = None  # a DDP job runs one task per GPU
+    mem_gb: float | None = None
+    timeout_min: int | None = None
+    partition: str | None = None
+
+
+@dataclass
+class SlurmSpec:
+    """How jobs are submitted (``--executor slurm``)."""
+
+    folder: str | None = None  # submitit's logs and pickles (default <out>/../slurm/<suite>)
+    account: str | None = None
+    qos: str | None = None
+    array_parallelism: int = 64  # array tasks running at once
+    setup: list[str] = field(default_factory=list)  # shell lines before srun (module load, ...)
+    additional: dict[str, str] = field(default_factory=dict)  # more sbatch flags: {constraint: x}
+
+
+@dataclass
+class Estimates:
+    """Wall hours of one job, for the dry run's cost when no finished run measured it."""
+
+    pretrain_hours: dict[str, float] = field(default_factory=dict)  # method or "default"
+    transfer_hours: dict[str, float] = field(default_factory=dict)  # task, kind or "default"
 
 
 @dataclass
@@ -34,6 +76,9 @@ class Suite:
     pretrain_overrides: list[str] = field(default_factory=list)
     method_overrides: dict[str, list[str]] = field(default_factory=dict)  # per method, pre-training
     transfer_overrides: list[str] = field(default_factory=list)
+    resources: dict[str, Resources] = field(default_factory=dict)  # see resources_for
+    slurm: SlurmSpec = field(default_factory=SlurmSpec)
+    estimates: Estimates = field(default_factory=Estimates)
 
 
 @dataclass(frozen=True)
@@ -89,6 +134,96 @@ def check(suite: Suite, source: str = "suite") -> None:
             raise ConfigError(source, "fractions", f"a label fraction is in (0, 1], got {f}")
     if not suite.seeds:
         raise ConfigError(source, "seeds", "needs at least one seed")
+    _check_resources(suite, source)
+    _check_estimates(suite, source)
+
+
+def _check_resources(suite: Suite, source: str) -> None:
+    sections = ("pretrain", "transfer", *(f"transfer_{k}" for k in TASK_KINDS))
+    for key, res in suite.resources.items():
+        if key.startswith("pretrain_"):
+            try:
+                METHODS.get(key.removeprefix("pretrain_"))
+            except RegistryError as err:
+                raise ConfigError(source, f"resources.{key}", str(err)) from None
+        elif key not in sections:
+            raise ConfigError(
+                source,
+                f"resources.{key}",
+                "sections are pretrain, transfer, pretrain_<method> and transfer_<kind> "
+                f"(kinds: {', '.join(TASK_KINDS)})",
+            )
+        for name in ("nodes", "cpus_per_task", "timeout_min", "mem_gb"):
+            value = getattr(res, name)
+            if value is not None and value < 1:
+                raise ConfigError(source, f"resources.{key}.{name}", f"must be >= 1, got {value}")
+        if res.gpus_per_node is not None and res.gpus_per_node < 0:
+            raise ConfigError(source, f"resources.{key}.gpus_per_node", "must be >= 0")
+        one_device = (res.gpus_per_node or 0) <= 1 and (res.nodes or 1) == 1
+        if key.startswith("transfer") and not one_device:
+            raise ConfigError(
+                source, f"resources.{key}", "a transfer runs on one device (one node, <= 1 GPU)"
+            )
+
+
+def _check_estimates(suite: Suite, source: str) -> None:
+    for key in suite.estimates.pretrain_hours:
+        if key != "default" and key not in METHODS:
+            raise ConfigError(
+                source, f"estimates.pretrain_hours.{key}", "keys are methods or 'default'"
+            )
+    for key in suite.estimates.transfer_hours:
+        if key != "default" and key not in TASK_KINDS and key not in TASKS:
+            raise ConfigError(
+                source, f"estimates.transfer_hours.{key}", "keys are tasks, kinds or 'default'"
+            )
+
+
+#: what a job asks for when the suite does not say (gpus: 1 when the preset runs on a GPU)
+DEFAULT_RESOURCES = {"nodes": 1, "cpus_per_task": 4, "mem_gb": 16.0, "timeout_min": 240}
+
+
+def resources_for(suite: Suite, stage: str, name: str) -> Resources:
+    """The resolved request of a ``stage`` ("pretrain" or "transfer") job; ``name`` is the method
+    (pre-training) or the task kind (transfer)."""
+    from cxrbench.runner.pretrain import preset_section
+
+    trainer = preset_section(suite.preset, stage).values.get("trainer") or {}
+    values: dict = {**DEFAULT_RESOURCES, "gpus_per_node": int(trainer.get("accelerator") == "gpu")}
+    for key in (stage, f"{stage}_{name}"):
+        section = suite.resources.get(key)
+        if section is not None:
+            values.update({k: v for k, v in vars(section).items() if v is not None})
+    return Resources(**values)
+
+
+def pretrain_overrides(suite: Suite, spec: PretrainSpec) -> list[str]:
+    """The config overrides of one pre-training run: the suite's, the method's, its seed and,
+    when its job has more than one GPU or node, Lightning DDP over all of them."""
+    overrides = [
+        *suite.pretrain_overrides,
+        *suite.method_overrides.get(spec.method, []),
+        f"seed={spec.seed}",
+    ]
+    if spec.dataset:
+        overrides.append(f"params.dataset={spec.dataset}")
+    res = resources_for(suite, "pretrain", spec.method)
+    gpus, nodes = res.gpus_per_node or 0, res.nodes or 1
+    if gpus > 1 or nodes > 1:
+        overrides += [
+            f"trainer.devices={max(gpus, 1)}",
+            f"trainer.num_nodes={nodes}",
+            "trainer.strategy=ddp",
+        ]
+    return overrides
+
+
+def pretrain_dir(suite: Suite, spec: PretrainSpec, out: Path) -> Path:
+    return Path(out) / suite.name / spec.key / f"s{spec.seed}"
+
+
+def transfer_dir(suite: Suite, spec: TransferSpec, out: Path) -> Path:
+    return Path(out) / suite.name / spec.key
 
 
 def make_plan(suite: Suite) -> Plan:
