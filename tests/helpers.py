@@ -79,3 +79,12 @@ def tiny_text_model(out_dir: Path) -> Path:
                      intermediate=64, max_length=32, epochs=1, batch_size=16,
                      progress=False)  # fmt: skip
     return out_dir
+
+
+def free_port() -> int:
+    """A free local TCP port for a test's gloo process group."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from tests.helpers import free_port
 
 from cxrbench.losses.contrastive import info_nce
 
@@ -49,12 +49,6 @@ def test_perfectly_aligned_pairs_have_low_loss() -> None:
     assert shuffled > math.log(4)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _worker(rank: int, world: int, port: int, image, text, out) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -79,7 +73,7 @@ def test_ddp_all_gather_equals_single_process() -> None:
     ref, _, _ = info_nce(full_img, full_txt, 0.07, image_weight=0.75)
     ref.backward()
     out = mp.Manager().dict()
-    mp.spawn(_worker, args=(2, _free_port(), image, text, out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), image, text, out), nprocs=2, join=True)
     assert torch.allclose(out[0][0], ref.detach(), atol=1e-10)
     got_img = torch.cat([out[0][1], out[1][1]])
     got_txt = torch.cat([out[0][2], out[1][2]])

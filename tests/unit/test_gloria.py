@@ -8,13 +8,13 @@ module and need only torch and the local loss.
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from tests.helpers import free_port
 
 from cxrbench.losses.local import local_loss, local_similarity, word_region_attention
 
@@ -144,12 +144,6 @@ def test_global_loss_is_symmetric_cosine_cross_entropy() -> None:
     assert torch.allclose(i2t.double(), ref_i2t, atol=1e-6)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _worker(rank: int, world: int, port: int, parts, out) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -181,7 +175,7 @@ def test_ddp_local_loss_equals_single_process() -> None:
     ref.backward()
     assert full_r.grad is not None and full_w.grad is not None
     out = mp.Manager().dict()
-    mp.spawn(_worker, args=(2, _free_port(), parts, out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), parts, out), nprocs=2, join=True)
     for word_length in (None, 8):
         (l0, r0, w0), (l1, r1, w1) = out[(0, word_length)], out[(1, word_length)]
         assert torch.allclose(l0, ref.detach(), atol=1e-10)

@@ -4,13 +4,13 @@ against one process, prototype freezing, the ViT [CLS] attention, and learning o
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from tests.helpers import free_port
 
 from cxrbench.losses.prototypes import sinkhorn_codes, sinkhorn_plan, swapped_prediction
 from cxrbench.losses.token_alignment import clipped_weights, token_alignment
@@ -145,12 +145,6 @@ def test_swapped_prediction_matches_naive() -> None:
         assert torch.allclose(a.double(), b, atol=1e-6)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _worker(rank: int, world: int, port: int, image, text, out) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -174,7 +168,7 @@ def test_distributed_sinkhorn_equals_one_process_on_the_concatenated_batch() -> 
     ref = swapped_prediction(full_i, full_t, 0.2, 0.05, 3)
     ref.backward()
     out = mp.Manager().dict()
-    mp.spawn(_worker, args=(2, _free_port(), image, text, out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), image, text, out), nprocs=2, join=True)
     codes = torch.cat([out[0][0], out[1][0]])
     assert torch.allclose(codes, sinkhorn_codes(image, 0.05, 3), atol=1e-10)
     assert not torch.allclose(out[0][0], sinkhorn_codes(image[:5], 0.05, 3), atol=1e-3)
