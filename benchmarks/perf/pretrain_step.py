@@ -8,6 +8,9 @@ the process's peak resident memory after that method. Timings are measured here,
 in tests; run it on an otherwise idle machine.
 
     .venv/bin/python benchmarks/perf/pretrain_step.py --preset small --steps 10
+
+A method marked ``*`` only takes ViTs (mpma) and runs with ``vit_tiny`` instead of the preset's
+ResNet.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import time
 import torch
 
 from cxrbench.data.pretrain import PairDataset, collate, load_pairs
+from cxrbench.errors import ConfigError
 from cxrbench.methods import METHODS
 from cxrbench.runner.bench import data_root_for
 from cxrbench.runner.plan import Suite
@@ -64,9 +68,17 @@ def main() -> None:
           f"{'trainable':>11} {'total':>11} {'peak RSS':>9}")  # fmt: skip
     base = None
     for name in names:
-        job = load_config(name, args.preset, ["trainer.progress=false"])
-        torch.manual_seed(0)
-        method = build_method(job, text_path)
+        sets = ["trainer.progress=false"]
+        try:
+            job = load_config(name, args.preset, sets)
+            torch.manual_seed(0)
+            method = build_method(job, text_path)
+        except ConfigError:  # a ViT-only method (mpma) on a ResNet preset: its ViT counterpart
+            sets += ["backbone.name=vit_tiny", "backbone.width=null"]
+            job = load_config(name, args.preset, sets)
+            torch.manual_seed(0)
+            method = build_method(job, text_path)
+            name = f"{name}*"
         method.train()
         seconds = step_time(method, batch, args.steps, args.warmup)
         base = base or seconds
