@@ -76,21 +76,42 @@ def build(schema: type[T], layers: Iterable[Layer]) -> T:
     """Merge ``layers`` in order onto ``schema`` and return a validated instance of it.
 
     Each layer is checked as it is merged, so the error names the layer that brought the bad key.
+    A layer's ``???`` makes a key required again (OmegaConf's merge would keep the value below):
+    a later layer must set it, and the error names the layer that required it.
     """
     merged: DictConfig = OmegaConf.structured(schema)
+    required_by: dict[str, str] = {}
     for layer in layers:
         try:
             merged = OmegaConf.merge(merged, layer.values)  # type: ignore[assignment]
         except OmegaConfBaseException as exc:
             raise _as_config_error(exc, layer.source) from None
+        for key in _required_keys(layer.values):
+            OmegaConf.update(merged, key, "???", merge=False)
+            required_by[key] = layer.source
     missing = sorted(OmegaConf.missing_keys(merged))
     if missing:
         raise ConfigError(
-            None, missing[0], "required value is missing (set it in a config or with --set)"
+            required_by.get(missing[0]),
+            missing[0],
+            "required value is missing (set it in a config or with --set; "
+            "`cxrbench bench`: --pretrain-set for pre-training)",
         )
     obj = OmegaConf.to_object(merged)
     assert isinstance(obj, schema)
     return obj
+
+
+def _required_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    """Dotted keys (relative to ``node``, which may be a sub-node of a file) whose value is ???."""
+    keys = []
+    for key in node:
+        path = f"{prefix}{key}"
+        if OmegaConf.is_missing(node, key):
+            keys.append(path)
+        elif isinstance(child := node[key], DictConfig):
+            keys.extend(_required_keys(child, f"{path}."))
+    return keys
 
 
 def _as_config_error(exc: OmegaConfBaseException, source: str) -> ConfigError:

@@ -74,3 +74,15 @@ def test_config_hash_ignores_key_order_but_not_values() -> None:
     assert config_hash(a) == config_hash(b)
     assert config_hash(a) != config_hash(c)
     assert len(config_hash(a)) == 16
+
+
+def test_a_layers_required_marker_overrides_the_value_below(tmp_path) -> None:
+    preset = tmp_path / "paper.yaml"
+    preset.write_text("optim:\n  name: ???\n")
+    layers = [parse_overrides(["optim.name=sgd"], "<method>"), load_yaml(preset)]
+    with pytest.raises(ConfigError) as info:
+        build(Schema, layers)  # OmegaConf's merge alone would keep "sgd"
+    assert info.value.file == str(preset) and info.value.key == "optim.name"
+    assert "required value is missing" in str(info.value)
+    cfg = build(Schema, [*layers, parse_overrides(["optim.name=lamb"])])
+    assert cfg.optim.name == "lamb"

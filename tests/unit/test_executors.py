@@ -219,6 +219,12 @@ def test_dry_run_of_the_mgca_protocol_suite_needs_no_data(capsys) -> None:
 
     args = ["bench", "--suite", "benchmarks/mgca_protocol.yaml", "--data-root", "/nonexistent"]
     assert main([*args, "--executor", "slurm", "--dry-run"]) == 0
+    text = capsys.readouterr().out  # the paper preset requires the text model: a problem
+    assert "problems (the run would stop on these before the first job)" in text
+    assert "mgca/pretrain: " in text and "key 'text.model': required value is missing" in text
+    assert "random_init/pretrain: " not in text.split("problems")[1]  # it needs no text model
+    args += ["--pretrain-set", "text.model=/models/Bio_ClinicalBERT"]
+    assert main([*args, "--executor", "slurm", "--dry-run"]) == 0
     text = capsys.readouterr().out
     assert "pretrain: 8 jobs, 0 finished (skipped), 8 to run" in text
     assert "transfer: 504 runs in 24 job arrays, 0 finished (skipped), 504 to run" in text

@@ -221,6 +221,17 @@ def test_file_format_is_sorted_rounded_and_stable(capsys, dirs) -> None:
     assert (boards / "s.json").read_text() == text
 
 
+def test_records_are_selected_by_folder_like_tables(capsys, dirs) -> None:
+    runs, boards, args = dirs
+    write_runs(runs, BASE, suite="an_older_suite")  # shared into this suite's folder
+    code, out, _ = run(capsys, "update", args)
+    assert code == 0 and f"{len(BASE)} added" in out
+    elsewhere = runs / "other" / "convirt" / "rsna_cls" / "f1" / "s0" / "result.json"
+    write_record(elsewhere, rec("convirt", "rsna_cls", 1.0, 0, 0.1))  # suite field says s
+    code, out, _ = run(capsys, "check", args)
+    assert code == 0 and statuses(out) == {"convirt": "ok", "random_init": "ok"}
+
+
 def test_corrupt_baseline_is_an_error(capsys, dirs) -> None:
     _, boards, args = dirs
     boards.mkdir()

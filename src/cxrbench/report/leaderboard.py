@@ -353,9 +353,13 @@ def resolve_suite(suite: str) -> tuple[str, Grid | None]:
 
 
 def current_entries(runs: Path, suite: str, grid: Grid | None) -> list[Entry]:
-    """Entries from the records under ``runs/<suite>/`` (only the suite's grid, when known)."""
+    """Entries from the records under ``runs/<suite>/`` (only the suite's grid, when known).
+
+    The folder decides, as for ``cxrbench table``: a record's own ``suite`` field names the suite
+    that first wrote it, and a run copied or shared into another suite's folder still counts there.
+    """
     folder = Path(runs) / suite
-    records = collect(folder, suite) if folder.is_dir() else []
+    records = collect(folder) if folder.is_dir() else []
     if grid is not None:
         records = [r for r in records if (r.method, r.task, r.fraction, r.seed) in grid]
     return entries_from_records(records)

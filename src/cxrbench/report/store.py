@@ -27,7 +27,6 @@ def read_record(path: Path) -> ResultRecord:
     return ResultRecord.from_dict(data, path)
 
 
-def collect(root: Path, suite: str | None = None) -> list[ResultRecord]:
-    """Every record under ``root`` (optionally of one suite), in a stable order."""
-    records = [read_record(p) for p in sorted(Path(root).rglob(RESULT_FILE))]
-    return [r for r in records if suite is None or r.suite == suite]
+def collect(root: Path) -> list[ResultRecord]:
+    """Every record under ``root``, in a stable order (a suite is a folder: ``runs/<suite>/``)."""
+    return [read_record(p) for p in sorted(Path(root).rglob(RESULT_FILE))]

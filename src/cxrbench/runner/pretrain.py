@@ -76,6 +76,8 @@ def load_config(
         preset_section(preset, "pretrain"),
         parse_overrides(overrides or []),
     ]
+    if not cls.needs_text:  # a preset's required text.model (paper: ???) is not this method's
+        layers.append(Layer("<no text model>", OmegaConf.create({"text": {"model": "auto"}})))
     for layer in layers[1:]:
         if "method" in layer.values and layer.values["method"] != method:
             raise ConfigError(layer.source, "method", "cannot change the method to another one")
