@@ -106,7 +106,7 @@ def _required_keys(node: DictConfig, prefix: str = "") -> list[str]:
     """Dotted keys (relative to ``node``, which may be a sub-node of a file) whose value is ???."""
     keys = []
     for key in node:
-        path = f"{prefix}{key}"
+        path = f"{prefix}{key!s}"
         if OmegaConf.is_missing(node, key):
             keys.append(path)
         elif isinstance(child := node[key], DictConfig):

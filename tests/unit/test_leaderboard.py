@@ -222,7 +222,7 @@ def test_file_format_is_sorted_rounded_and_stable(capsys, dirs) -> None:
 
 
 def test_records_are_selected_by_folder_like_tables(capsys, dirs) -> None:
-    runs, boards, args = dirs
+    runs, _, args = dirs
     write_runs(runs, BASE, suite="an_older_suite")  # shared into this suite's folder
     code, out, _ = run(capsys, "update", args)
     assert code == 0 and f"{len(BASE)} added" in out
