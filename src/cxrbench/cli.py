@@ -272,7 +272,8 @@ def _report_command(args: argparse.Namespace) -> str:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    from cxrbench.report.tables import load_suite_arg, write_suite_tables
+    from cxrbench.report.suites import load_suite_arg
+    from cxrbench.report.tables import write_suite_tables
 
     formats = list(dict.fromkeys(args.format or ["md"]))
     args.format = formats
@@ -294,7 +295,7 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     from cxrbench.report.plots import write_suite_plot
-    from cxrbench.report.tables import load_suite_arg
+    from cxrbench.report.suites import load_suite_arg
 
     for name in args.suite:
         paths = write_suite_plot(load_suite_arg(name), Path(args.runs), Path(args.out),

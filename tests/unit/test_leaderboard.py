@@ -259,3 +259,20 @@ def test_suite_file_grid_and_complete_update(capsys, dirs, tmp_path) -> None:
     assert code == 0 and statuses(out) == {"convirt": "ok", "random_init": "ok"}
     code, _, err = run(capsys, "check", [*args[:1], str(tmp_path / "nope.yaml"), *args[2:]])
     assert code == 2 and "nope.yaml" in err
+
+
+def test_a_bare_name_with_a_suite_file_in_benchmarks_takes_its_grid(
+    capsys, dirs, tmp_path, monkeypatch
+) -> None:
+    runs, _, args = dirs
+    write_runs(runs, {**BASE, ("convirt", "rsna_cls", 1.0): {0: 0.9}})  # 1.0: not in the grid
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run(capsys, "update", args)  # no benchmarks/s.yaml: every record counts
+    assert code == 0 and "3 added" in out
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "s.yaml").write_text(
+        "name: s\npreset: tiny\nmethods: [convirt, random_init]\ntasks: [rsna_cls]\n"
+        "fractions: [0.1]\nseeds: [0, 42]\n"
+    )
+    code, out, _ = run(capsys, "update", args)
+    assert code == 0 and "1 removed" in out and "2 unchanged" in out

@@ -27,12 +27,11 @@ from cxrbench.report.aggregate import aggregate
 from cxrbench.report.published import load_published, load_published_file, select
 from cxrbench.report.schema import ResultRecord
 from cxrbench.report.store import write_record
+from cxrbench.report.suites import suite_caption, suite_records
 from cxrbench.report.tables import (
     build_layout,
     header_line,
     render,
-    suite_caption,
-    suite_records,
     tex_escape,
 )
 from cxrbench.runner.plan import Suite

@@ -33,7 +33,7 @@ from typing import Any
 from cxrbench.errors import CxrbenchError
 from cxrbench.report.aggregate import aggregate
 from cxrbench.report.schema import ResultRecord
-from cxrbench.report.store import collect
+from cxrbench.report.suites import Grid, folder_records, resolve_suite
 from cxrbench.utils.io import atomic_write_text
 
 FORMAT_VERSION = 1
@@ -53,7 +53,6 @@ IDENTITY = (
 )
 
 Key = tuple[str, str, float]  # (method, task, fraction)
-Grid = frozenset[tuple[str, str, float, int]]  # (method, task, fraction, seed) a suite plans
 
 
 @dataclass(frozen=True)
@@ -335,34 +334,9 @@ def load(path: Path, suite: str, update: str = "") -> Leaderboard:
     return board
 
 
-def resolve_suite(suite: str) -> tuple[str, Grid | None]:
-    """A suite file (its name and planned grid) or a bare suite name (every record of it)."""
-    path = Path(suite)
-    if not (path.suffix in (".yaml", ".yml") or "/" in suite or path.is_file()):
-        return suite, None
-    from cxrbench.runner.plan import load_suite
-
-    if not path.is_file():
-        raise CxrbenchError(f"{path}: suite file not found")
-    s = load_suite(path)
-    grid = frozenset(
-        (m, t, float(f), sd) for m in s.methods for t in s.tasks for f in s.fractions
-        for sd in s.seeds
-    )  # fmt: skip
-    return s.name, grid
-
-
 def current_entries(runs: Path, suite: str, grid: Grid | None) -> list[Entry]:
-    """Entries from the records under ``runs/<suite>/`` (only the suite's grid, when known).
-
-    The folder decides, as for ``cxrbench table``: a record's own ``suite`` field names the suite
-    that first wrote it, and a run copied or shared into another suite's folder still counts there.
-    """
-    folder = Path(runs) / suite
-    records = collect(folder) if folder.is_dir() else []
-    if grid is not None:
-        records = [r for r in records if (r.method, r.task, r.fraction, r.seed) in grid]
-    return entries_from_records(records)
+    """Entries from the records of ``runs/<suite>/`` (:mod:`cxrbench.report.suites` selects)."""
+    return entries_from_records(folder_records(runs, suite, grid))
 
 
 def run_check(suite: str, runs: Path, leaderboards: Path) -> tuple[str, int]:

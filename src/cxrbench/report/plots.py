@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cxrbench.report.tables import METRIC_NAMES, Layout, Row, header_line, suite_layout
+from cxrbench.report.suites import METRIC_NAMES
+from cxrbench.report.tables import Layout, Row, header_line, suite_layout
 from cxrbench.utils.io import atomic_write_bytes
 
 if TYPE_CHECKING:

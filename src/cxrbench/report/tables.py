@@ -20,26 +20,26 @@ from __future__ import annotations
 
 import csv
 import io
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cxrbench.errors import ConfigError, CxrbenchError
 from cxrbench.report.aggregate import Cell
 from cxrbench.report.published import PublishedRow
-from cxrbench.report.schema import ResultRecord
-from cxrbench.report.store import collect
+from cxrbench.report.suites import (
+    METRIC_NAMES,
+    PAPER_SCALE,
+    reported_rows,
+    suite_caption,
+    suite_records,
+)
 from cxrbench.utils.io import atomic_write_text
 
 if TYPE_CHECKING:
     from cxrbench.runner.plan import Suite
 
-log = logging.getLogger(__name__)
 FORMATS = {"md": "md", "tex": "tex", "csv": "csv"}  # --format → file extension
-PAPER_SCALE = {"auroc": 100.0, "accuracy": 100.0, "dice": 100.0, "map": 100.0}
-METRIC_NAMES = {"auroc": "AUROC", "accuracy": "ACC", "dice": "Dice", "map": "mAP"}
 REPORTED, PARTIAL, VARIANT = "‡", "†", "§"
 
 
@@ -352,85 +352,6 @@ def write_table(text: str, path: Path, command: str) -> None:
 
 
 # ------------------------------------------------------------------------------ suite tables
-
-TASK_PROTOCOL = {1: "mgca"}  # task version → protocol family (PROTOCOLS.md §1)
-
-
-def load_suite_arg(text: str) -> Suite:
-    """``--suite``: a suite file, or the name of one in ``benchmarks/``."""
-    from cxrbench.runner.plan import load_suite
-
-    path = Path(text)
-    if not path.is_file() and not text.endswith(".yaml"):
-        path = Path("benchmarks") / f"{text}.yaml"
-    if not path.is_file():
-        raise ConfigError(text, None, f"no suite file {text!r} (nor benchmarks/{text}.yaml)")
-    return load_suite(path)
-
-
-def suite_records(suite: Suite, runs: Path) -> list[ResultRecord]:
-    """The records of the suite's grid under ``runs/<suite>/`` (what ``cxrbench bench`` tabulates:
-    a run folder of the suite counts even when its record was made under another suite name)."""
-    folder = Path(runs) / suite.name
-    if not folder.is_dir():
-        raise CxrbenchError(f"{folder}: no runs of suite {suite.name!r} (pass --runs?)")
-    records = [
-        r
-        for r in collect(folder)
-        if r.method in suite.methods
-        and r.task in suite.tasks
-        and r.fraction in suite.fractions
-        and r.seed in suite.seeds
-    ]
-    if not records:
-        raise CxrbenchError(f"{folder}: no result records in the grid of suite {suite.name!r}")
-    return records
-
-
-def protocol_of(records: Sequence[ResultRecord]) -> str | None:
-    """The protocol family of the records, None when they mix families or a version is unknown."""
-    if any(r.probe_mode == "finetune" for r in records):
-        return None
-    found = {TASK_PROTOCOL.get(r.task_version) for r in records}
-    return found.pop() if len(found) == 1 else None
-
-
-def suite_caption(suite: Suite, records: Sequence[ResultRecord], reported: bool = False) -> str:
-    """Protocol, encoder, data, preset and seeds of a suite's table, in words."""
-    versions = ", ".join(
-        f"{t} v{v}" for t, v in sorted({(r.task, r.task_version) for r in records})
-    )
-    modes = sorted({r.probe_mode for r in records})
-    encoder = "fine-tuned" if "finetune" in modes else "frozen"
-    protocol = protocol_of(records) or "mixed protocol families"
-    data = suite.data_root or f"SynthCXR {suite.preset} (synthetic)"
-    n = len(suite.seeds)
-    seeds = ", ".join(str(s) for s in suite.seeds)
-    spread = f"mean ± std over {n} transfer seeds" if n > 1 else "one transfer seed"
-    metrics = sorted({r.metric.split("/")[-1] for r in records} & set(PAPER_SCALE))
-    scaled = f"{', '.join(METRIC_NAMES[m] for m in metrics)} × 100; " if metrics else ""
-    text = (
-        f"{suite.name}: protocol {protocol} (task versions {versions}), {encoder} encoder "
-        f"(probe {', '.join(modes)}); data {data}; preset {suite.preset}; {spread} ({seeds}) "
-        f"on pre-training seed {suite.pretrain_seed}; {scaled}best of our runs in bold"
-    )
-    return text + ("; ‡ quoted from papers, not ranked" if reported else "")
-
-
-def reported_rows(
-    suite: Suite, records: Sequence[ResultRecord], scope: str | None, folder: Path
-) -> list[PublishedRow]:
-    """Published rows of the records' protocol: ``scope`` None: none; ``"suite"``: those on the
-    suite's methods; ``"all"``: every one. Records of mixed protocol families get none."""
-    from cxrbench.report.published import load_published, select
-
-    protocol = protocol_of(records)
-    if scope is None:
-        return []
-    if protocol is None:
-        log.warning("%s: runs of several protocol families, no published rows", suite.name)
-        return []
-    return select(load_published(folder), protocol, None if scope == "all" else suite.methods)
 
 
 def suite_layout(
