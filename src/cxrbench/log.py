@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 
 from rich.logging import RichHandler
 
@@ -39,6 +40,9 @@ def quiet_libraries() -> None:
         lib.handlers.clear()
         lib.setLevel(logging.WARNING)
         lib.propagate = True
+    # torch deprecated the LeafSpec check Lightning's pytree helper makes: one line per fit, and
+    # nothing a user can act on (it is Lightning's to change)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     try:
         from transformers.utils import logging as hf_logging
 
