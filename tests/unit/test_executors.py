@@ -204,8 +204,8 @@ def test_dry_run_counts_skips_and_says_where_estimates_come_from(tmp_path) -> No
     assert "pretrain: 2 jobs, 1 finished (skipped), 1 to run" in text
     assert "transfer: 4 runs in 2 job arrays, 1 finished (skipped), 3 to run" in text
     assert "random_init/pretrain > classification: 1 to run, 1 finished" in text
-    assert "pretrain random_init: 0.01 h (measured: mean of 1 finished pre-trainings)" in text
-    assert "transfer rsna_cls f0.1: 0.02 h (measured: mean of 1 finished runs)" in text
+    assert "pretrain random_init: 0.01 h (measured: median of 1 finished pre-trainings)" in text
+    assert "transfer rsna_cls f0.1: 0.02 h (measured: median of 1 finished runs)" in text
     assert "pretrain convirt: 0.05 h (code default (measured: 2-core CPU, ConVIRT))" in text
     assert "1 node × 2 GPU (DDP), 12 CPU" in text  # the DDP job: 2 tasks × 6 CPUs
     # what would run: convirt 0.05 h × 2 GPUs + 3 transfers × 0.02 h × 1 GPU
@@ -266,3 +266,10 @@ def test_slurm_executor_without_sbatch_says_so(tmp_path, monkeypatch, capsys) ->
     assert main(args) == 2
     assert "--executor slurm needs SLURM's sbatch on PATH" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_run_slowed_by_a_shared_machine_does_not_move_the_estimate() -> None:
+    from cxrbench.runner.bench import _from_runs
+
+    hours, why = _from_runs([72.0, 7200.0, 72.0], "finished runs")  # one ran beside ten others
+    assert hours == 0.02 and why == "measured: median of 3 finished runs"

@@ -208,7 +208,10 @@ def _measured(out: Path) -> tuple[dict, dict]:
 
 
 def _from_runs(seconds: list[float], what: str) -> tuple[float, str]:
-    return sum(seconds) / len(seconds) / 3600, f"measured: mean of {len(seconds)} {what}"
+    """The median: runs that shared their cores with others would pull a mean up."""
+    import statistics
+
+    return statistics.median(seconds) / 3600, f"measured: median of {len(seconds)} {what}"
 
 
 def pretrain_hours(suite: Suite, method: str, measured: dict) -> tuple[float, str]:
