@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from tests.unit.test_tables import PUBLISHED, fixture_layout, write_runs
+from tests.unit.test_tables import cli_fixture, fixture_layout
 
 from cxrbench.cli import main
 from cxrbench.report.plots import DPI, label_efficiency_figure, write_figure
@@ -56,16 +56,7 @@ def test_write_figure_png_and_pdf(tmp_path) -> None:
 
 
 def test_cli_plot(tmp_path, capsys) -> None:
-    runs, out = tmp_path / "runs", tmp_path / "tables"
-    write_runs(runs)
-    suite = tmp_path / "fixture.yaml"
-    suite.write_text(
-        "name: fixture\nmethods: [random_init, convirt, mgca]\n"
-        "tasks: [rsna_cls, covidx_cls, rsna_det]\nfractions: [0.01, 0.1, 1.0]\nseeds: [42, 0, 1]\n"
-    )
-    published = tmp_path / "published"
-    published.mkdir()
-    (published / "toy.yaml").write_text(PUBLISHED)
+    runs, out, suite, published = cli_fixture(tmp_path)
     argv = ["plot", "--suite", str(suite), "--published", "--published-dir", str(published),
             "--runs", str(runs), "--out", str(out)]  # fmt: skip
     assert main(argv) == 0

@@ -304,7 +304,8 @@ def test_suite_records_take_the_suite_folder_and_its_grid(tmp_path) -> None:
     assert len(records) == sum(len(v) for k, v in VALUES.items() if k[1] != "toy_reg")
 
 
-def test_cli_table_writes_every_format_with_the_command(tmp_path, capsys) -> None:
+def cli_fixture(tmp_path: Path) -> tuple[Path, Path, Path, Path]:
+    """Runs, output folder, suite file and published folder for `cxrbench table` / `plot`."""
     runs, out = tmp_path / "runs", tmp_path / "tables"
     write_runs(runs)
     suite = tmp_path / "fixture.yaml"
@@ -315,6 +316,11 @@ def test_cli_table_writes_every_format_with_the_command(tmp_path, capsys) -> Non
     published = tmp_path / "published"
     published.mkdir()
     (published / "toy.yaml").write_text(PUBLISHED)
+    return runs, out, suite, published
+
+
+def test_cli_table_writes_every_format_with_the_command(tmp_path, capsys) -> None:
+    runs, out, suite, published = cli_fixture(tmp_path)
     argv = ["table", "--suite", str(suite), "--format", "md", "--format", "tex", "--format",
             "csv", "--published", "--published-dir", str(published), "--runs", str(runs),
             "--out", str(out)]  # fmt: skip
