@@ -161,6 +161,12 @@ def _add_bench(sub: Any) -> None:
     b.add_argument("--task", action="append", help="a registered task (repeatable)")
     b.add_argument("--fraction", action="append", type=float, help="label fraction (repeatable)")
     b.add_argument("--seed", action="append", type=int, help="transfer seed (repeatable)")
+    b.add_argument(
+        "--pretrain-seed",
+        action="append",
+        type=int,
+        help="pre-training seed (repeatable; replaces the suite's pretrain_seeds)",
+    )
     b.add_argument("--suite", default=None, help="suite file (benchmarks/*.yaml)")
     b.add_argument("--preset", default=None, choices=("tiny", "small", "paper"))
     b.add_argument("--data-root", default=None, help="default: the preset's SynthCXR corpus")
@@ -231,7 +237,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         report, status = run_check(args.suite, runs, boards)
         _emit(report)
         return status
-    _emit(run_update(args.suite, runs, boards, floor=args.floor, k_std=args.k_std))
+    _emit(run_update(args.suite, runs, boards, floor=args.floor, alpha=args.alpha))
     return 0
 
 
@@ -246,8 +252,12 @@ def _add_leaderboard(sub: Any) -> None:
         p.add_argument("--runs", default="results/runs", help="runs folder (bench --out)")
         p.add_argument("--leaderboards", default="results/leaderboards", help="baselines folder")
         p.set_defaults(func=cmd_leaderboard)
-    update.add_argument("--floor", type=float, default=None, help="absolute tolerance floor")
-    update.add_argument("--k-std", type=float, default=None, help="tolerance: k × baseline std")
+    update.add_argument(
+        "--floor", type=float, default=None, help="absolute drift floor added to every margin"
+    )
+    update.add_argument(
+        "--alpha", type=float, default=None, help="one-sided false-alarm rate per entry"
+    )
 
 
 def _report_command(args: argparse.Namespace) -> str:

@@ -95,7 +95,7 @@ def test_slurm_arrays_dependencies_resources_and_ddp(tmp_path) -> None:
     arrays = [s for s in backend.submissions if s[0].fn is execute.transfer_job]
     assert len(pre) == 1 and len(arrays) == 4 and backend.submissions[0] is pre[0]
     _, [(spec, suite, *_)], params, [convirt_job] = pre[0]
-    assert spec.method == "convirt" and list(sub.pretrain) == ["convirt/pretrain"]
+    assert spec.method == "convirt" and list(sub.pretrain) == ["convirt/pretrain/s0"]
     assert params["gpus_per_node"] == 2 and params["tasks_per_node"] == 2  # one task per GPU
     assert (params["cpus_per_task"], params["timeout_min"], params["nodes"]) == (6, 600, 1)
     assert "slurm_dependency" not in params
@@ -105,7 +105,7 @@ def test_slurm_arrays_dependencies_resources_and_ddp(tmp_path) -> None:
     by_label = {s[2]["name"]: s for s in arrays}
     for method in ("random_init", "convirt"):
         for kind, task in (("classification", "rsna_cls"), ("segmentation", "siim_seg")):
-            _, calls, params, jobs = by_label[f"cxrbench-grid-{method}-pretrain-{kind}"]
+            _, calls, params, jobs = by_label[f"cxrbench-grid-{method}-pretrain-s0-{kind}"]
             specs = [c[0] for c in calls]
             assert {(t.method, t.task) for t in specs} == {(method, task)}
             expected = 3 if (method, kind) == ("convirt", "classification") else 4
@@ -203,7 +203,7 @@ def test_dry_run_counts_skips_and_says_where_estimates_come_from(tmp_path) -> No
     assert sorted(out.rglob("*")) == before  # nothing written, nothing run
     assert "pretrain: 2 jobs, 1 finished (skipped), 1 to run" in text
     assert "transfer: 4 runs in 2 job arrays, 1 finished (skipped), 3 to run" in text
-    assert "random_init/pretrain > classification: 1 to run, 1 finished" in text
+    assert "random_init/pretrain/s0 > classification: 1 to run, 1 finished" in text
     assert "pretrain random_init: 0.01 h (measured: median of 1 finished pre-trainings)" in text
     assert "transfer rsna_cls f0.1: 0.02 h (measured: median of 1 finished runs)" in text
     assert "pretrain convirt: 0.05 h (code default (measured: 2-core CPU, ConVIRT))" in text
@@ -221,14 +221,14 @@ def test_dry_run_of_the_mgca_protocol_suite_needs_no_data(capsys) -> None:
     assert main([*args, "--executor", "slurm", "--dry-run"]) == 0
     text = capsys.readouterr().out  # the paper preset requires the text model: a problem
     assert "problems (the run would stop on these before the first job)" in text
-    assert "mgca/pretrain: " in text and "key 'text.model': required value is missing" in text
-    assert "random_init/pretrain: " not in text.split("problems")[1]  # it needs no text model
+    assert "mgca/pretrain/s0: " in text and "key 'text.model': required value is missing" in text
+    assert "random_init/pretrain/s0: " not in text.split("problems")[1]  # it needs no text model
     args += ["--pretrain-set", "text.model=/models/Bio_ClinicalBERT"]
     assert main([*args, "--executor", "slurm", "--dry-run"]) == 0
     text = capsys.readouterr().out
     assert "pretrain: 8 jobs, 0 finished (skipped), 8 to run" in text
     assert "transfer: 504 runs in 24 job arrays, 0 finished (skipped), 504 to run" in text
-    assert "mgca/pretrain: 1 to run, 0 finished; 1 node × 2 GPU" in text
+    assert "mgca/pretrain/s0: 1 to run, 0 finished; 1 node × 2 GPU" in text
     assert "random_init: 0.02 h (nothing is trained" in text
     assert "problems" not in text
 

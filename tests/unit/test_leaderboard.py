@@ -8,15 +8,17 @@ import json
 from pathlib import Path
 
 import pytest
+from scipy import stats
 
 from cxrbench.cli import main
-from cxrbench.report.leaderboard import Leaderboard, Tolerance
+from cxrbench.report.gate import Policy
+from cxrbench.report.leaderboard import Leaderboard
 from cxrbench.report.schema import ResultRecord
 from cxrbench.report.store import write_record
 
 SUITE = "s"
-# (method, task, fraction) -> {seed: value}; convirt has no spread (margin = floor), random_init
-# has std 0.028284 (margin = 2 × std = 0.056568 > floor)
+# (method, task, fraction) -> {seed: value}; one pre-training seed, so the units are the transfer
+# seeds. convirt has no spread (margin = floor), random_init has std 0.028284
 BASE = {
     ("convirt", "rsna_cls", 0.1): {0: 0.80, 42: 0.80},
     ("random_init", "rsna_cls", 0.1): {0: 0.60, 42: 0.64},
@@ -36,11 +38,12 @@ def rec(method: str, task: str, fraction: float, seed: int, value: float, **kw) 
     return ResultRecord(**base)
 
 
-def write_runs(runs: Path, cells: dict, **kw) -> None:
+def write_runs(runs: Path, cells: dict, pretrain_seed: int = 0, **kw) -> None:
     for (method, task, fraction), values in cells.items():
         for seed, value in values.items():
-            folder = runs / SUITE / method / task / f"f{fraction:g}" / f"s{seed}"
-            write_record(folder / "result.json", rec(method, task, fraction, seed, value, **kw))
+            folder = runs / SUITE / method / task / f"f{fraction:g}" / f"p{pretrain_seed}s{seed}"
+            record = rec(method, task, fraction, seed, value, pretrain_seed=pretrain_seed, **kw)
+            write_record(folder / "result.json", record)
 
 
 @pytest.fixture()
@@ -59,7 +62,7 @@ def baseline(capsys, dirs, **kw) -> None:
     """Write the baseline runs, make the baseline with `update`, then start the runs afresh."""
     runs, _, args = dirs
     write_runs(runs, BASE, **kw)
-    assert run(capsys, "update", args, "--floor", "0.01", "--k-std", "2")[0] == 0
+    assert run(capsys, "update", args, "--floor", "0.01", "--alpha", "0.001")[0] == 0
     for path in runs.rglob("result.json"):
         path.unlink()
 
@@ -102,15 +105,19 @@ def test_floor_decides_regressed_ok_improved(capsys, dirs, convirt, expected, st
     assert ("FAILED" in out) == (status == 1)
 
 
-def test_k_times_std_widens_the_margin(capsys, dirs) -> None:
+def test_noise_widens_the_margin(capsys, dirs) -> None:
     baseline(capsys, dirs)
     runs, _, args = dirs
-    moved = {("random_init", "rsna_cls", 0.1): {0: 0.58, 42: 0.62}}  # −0.02, margin 2 × 0.028284
+    # random_init: s = 0.028284 on both sides, n = 2 + 2, df = 2: t(0.999, 2) × s + floor
+    margin = stats.t.ppf(0.999, 2) * 0.028284 + 0.01
+    moved = {("random_init", "rsna_cls", 0.1): {0: 0.58, 42: 0.62}}  # −0.02
     write_runs(runs, {**BASE, **moved})
     code, out, _ = run(capsys, "check", args)
     assert code == 0 and statuses(out)["random_init"] == "ok"
-    assert "-0.020000  0.056568" in out
-    write_runs(runs, {**BASE, ("random_init", "rsna_cls", 0.1): {0: 0.54, 42: 0.58}})  # −0.06
+    assert f"-0.0200  {margin:.4f}" in out
+    drop = round(margin + 0.01, 4)
+    low = {("random_init", "rsna_cls", 0.1): {0: 0.60 - drop, 42: 0.64 - drop}}
+    write_runs(runs, {**BASE, **low})
     code, out, _ = run(capsys, "check", args)
     assert code == 1 and statuses(out)["random_init"] == "regressed"
 
@@ -185,7 +192,7 @@ def test_update_then_check_passes_and_prints_the_diff(capsys, dirs) -> None:
     assert "task_version 1 → 2" in out and "1 changed, 1 unchanged" in out
     assert run(capsys, "check", args)[0] == 0
     board = Leaderboard.from_json((boards / "s.json").read_text(), "s.json")
-    assert board.tolerance == Tolerance(floor=0.01, k_std=2.0)  # kept from the previous file
+    assert board.policy == Policy(alpha=0.001, floor=0.01)  # kept from the previous file
 
 
 def test_lower_is_better_metric(capsys, dirs) -> None:
@@ -210,11 +217,13 @@ def test_file_format_is_sorted_rounded_and_stable(capsys, dirs) -> None:
     text = (boards / "s.json").read_text()
     data = json.loads(text)
     assert text == json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-    assert data["tolerance"] == {"floor": 0.005, "k_std": 2.0}  # the defaults
+    assert data["policy"] == {"alpha": 0.001, "floor": 0.005}  # the defaults
     assert [e["method"] for e in data["entries"]] == ["convirt", "random_init"]
     entry = data["entries"][1]
     assert entry["mean"] == 0.633333 and entry["std"] == 0.04714 and entry["seeds"] == [0, 42]
     assert entry["n"] == 2 and entry["task_version"] == 1 and entry["config_hash"] == "c0ffee"
+    assert entry["unit"] == "seed" and entry["values"] == [0.666667, 0.6]
+    assert entry["pretrain_seeds"] == [0]
     assert entry["code_version"] == "0.1.0+gA" and entry["device"] == "cpu"
     code, out, _ = run(capsys, "update", args)
     assert code == 0 and "0 added, 0 removed, 0 changed, 2 unchanged" in out
@@ -235,9 +244,12 @@ def test_records_are_selected_by_folder_like_tables(capsys, dirs) -> None:
 def test_corrupt_baseline_is_an_error(capsys, dirs) -> None:
     _, boards, args = dirs
     boards.mkdir()
-    (boards / "s.json").write_text('{"format_version": 1, "tolerance": {"floor": -1, "k_std": 2}}')
+    (boards / "s.json").write_text('{"format_version": 2, "policy": {"alpha": 0, "floor": 0}}')
     code, _, err = run(capsys, "check", args)
     assert code == 2 and "s.json" in err
+    (boards / "s.json").write_text('{"format_version": 1, "tolerance": {"floor": 0, "k_std": 2}}')
+    code, _, err = run(capsys, "check", args)
+    assert code == 2 and "not a leaderboard of format 2 (found 1" in err
 
 
 def test_suite_file_grid_and_complete_update(capsys, dirs, tmp_path) -> None:

@@ -49,7 +49,7 @@ def aggregate(records: Iterable[ResultRecord], planned_seeds: int | None = None)
                         f"{method} / {task} / {fraction:g}: records with {key} "
                         f"{getattr(first, key)} and {getattr(other, key)} cannot be averaged"
                     )
-        values = tuple(r.value for r in sorted(group, key=lambda r: r.seed))
+        values = tuple(r.value for r in sorted(group, key=lambda r: (r.pretrain_seed, r.seed)))
         std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
         cells.append(
             Cell(

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cxrbench.report.suites import METRIC_NAMES
+from cxrbench.report.suites import METRIC_NAMES, spread_words
 from cxrbench.report.tables import Layout, Row, header_line, suite_layout
 from cxrbench.utils.io import atomic_write_bytes
 
@@ -168,8 +168,7 @@ def write_suite_plot(
 ) -> list[Path]:
     """``cxrbench plot``: ``out/<suite>_label_efficiency.png`` and ``.pdf``."""
     layout, _ = suite_layout(suite, runs, published, published_dir)
-    n = len(suite.seeds)
-    spread = f"mean ± std over {n} seeds" if n > 1 else "one seed"
+    spread = spread_words(suite)
     data = "real data" if suite.data_root else f"SynthCXR {suite.preset}"
     title = f"{suite.name}: label efficiency · {data} · {spread}"
     fig = label_efficiency_figure(layout, title=title, method_order=suite.methods)

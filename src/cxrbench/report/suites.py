@@ -1,7 +1,9 @@
 """Which result records belong to a suite, and what a suite's table says about them.
 
 A suite is a folder: ``runs/<suite>/`` holds every run of it, and the suite file's grid (methods
-× tasks × fractions × seeds) selects the runs that count. A record's own ``suite`` field names the
+× tasks × fractions × transfer seeds) selects the runs that count, on whatever pre-training seeds
+the folder holds (a calibration may add seeds to the suite's own: they all count, and captions
+and leaderboards say which). A record's own ``suite`` field names the
 suite that first wrote it; a run shared into another suite's folder counts there too. Tables
 (:mod:`cxrbench.report.tables`), plots and leaderboards (:mod:`cxrbench.report.leaderboard`) all
 select their records here, so they agree on what a suite's numbers are.
@@ -49,8 +51,38 @@ def suite_grid(suite: Suite) -> Grid:
     )  # fmt: skip
 
 
-def resolve_suite(text: str) -> tuple[str, Grid | None]:
-    """``--suite`` where a bare name may have no file: the suite's name and its grid (None: a
+def planned_runs(suite: Suite) -> int:
+    """Runs per (method, task, fraction) cell: transfer seeds × pre-training seeds."""
+    return len(suite.seeds) * len(suite.pretrain_seeds)
+
+
+def spread_words(suite: Suite, records: Sequence[ResultRecord] = ()) -> str:
+    """What a cell's ± is over, in words: transfer seeds, and the pre-training seeds of the
+    records (the suite's when there are none)."""
+    pretrain = sorted({r.pretrain_seed for r in records}) or sorted(suite.pretrain_seeds)
+    n = len(suite.seeds)
+    seeds = ", ".join(str(s) for s in suite.seeds)
+    shown = ", ".join(str(s) for s in pretrain)
+    if len(pretrain) == 1:
+        spread = f"mean ± std over {n} transfer seeds" if n > 1 else "one transfer seed"
+        return f"{spread} ({seeds}) on pre-training seed {shown}"
+    runs = n * len(pretrain)
+    return (
+        f"mean ± std over {runs} runs: transfer seeds ({seeds}) × {len(pretrain)} "
+        f"pre-training seeds ({shown})"
+    )
+
+
+def planned_grid(suite: Suite) -> frozenset[tuple[str, str, float, int, int]]:
+    """Every run the suite plans: (method, task, fraction, pre-training seed, transfer seed)."""
+    return frozenset(
+        (m, t, float(f), p, s) for m in suite.methods for t in suite.tasks
+        for f in suite.fractions for p in suite.pretrain_seeds for s in suite.seeds
+    )  # fmt: skip
+
+
+def resolve_suite(text: str) -> tuple[str, Suite | None]:
+    """``--suite`` where a bare name may have no file: the suite's name and the suite (None: a
     name with no file in ``benchmarks/``, whose every record counts)."""
     path = Path(text)
     is_path = path.suffix in (".yaml", ".yml") or "/" in text or path.is_file()
@@ -59,7 +91,7 @@ def resolve_suite(text: str) -> tuple[str, Grid | None]:
     if is_path and not path.is_file():
         raise CxrbenchError(f"{path}: suite file not found")
     suite = load_suite_arg(text)
-    return suite.name, suite_grid(suite)
+    return suite.name, suite
 
 
 def folder_records(runs: Path, name: str, grid: Grid | None = None) -> list[ResultRecord]:
@@ -99,15 +131,12 @@ def suite_caption(suite: Suite, records: Sequence[ResultRecord], reported: bool 
     encoder = "fine-tuned" if "finetune" in modes else "frozen"
     protocol = protocol_of(records) or "mixed protocol families"
     data = suite.data_root or f"SynthCXR {suite.preset} (synthetic)"
-    n = len(suite.seeds)
-    seeds = ", ".join(str(s) for s in suite.seeds)
-    spread = f"mean ± std over {n} transfer seeds" if n > 1 else "one transfer seed"
     metrics = sorted({r.metric.split("/")[-1] for r in records} & set(PAPER_SCALE))
     scaled = f"{', '.join(METRIC_NAMES[m] for m in metrics)} × 100; " if metrics else ""
     text = (
         f"{suite.name}: protocol {protocol} (task versions {versions}), {encoder} encoder "
-        f"(probe {', '.join(modes)}); data {data}; preset {suite.preset}; {spread} ({seeds}) "
-        f"on pre-training seed {suite.pretrain_seed}; {scaled}best of our runs in bold"
+        f"(probe {', '.join(modes)}); data {data}; preset {suite.preset}; "
+        f"{spread_words(suite, records)}; {scaled}best of our runs in bold"
     )
     return text + ("; ‡ quoted from papers, not ranked" if reported else "")
 

@@ -30,6 +30,7 @@ from cxrbench.report.published import PublishedRow
 from cxrbench.report.suites import (
     METRIC_NAMES,
     PAPER_SCALE,
+    planned_runs,
     reported_rows,
     suite_caption,
     suite_records,
@@ -361,7 +362,7 @@ def suite_layout(
     from cxrbench.report.aggregate import aggregate
 
     records = suite_records(suite, runs)
-    cells = aggregate(records, planned_seeds=len(suite.seeds))
+    cells = aggregate(records, planned_seeds=planned_runs(suite))
     rows = reported_rows(suite, records, published, published_dir)
     layout = build_layout(cells, method_order=suite.methods, task_order=suite.tasks, published=rows)
     return layout, suite_caption(suite, records, reported=bool(layout.reported))

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from cxrbench.errors import ConfigError, CxrbenchError
 from cxrbench.runner.execute import Outcome, execute
-from cxrbench.runner.plan import Suite, check, load_suite, make_plan
+from cxrbench.runner.plan import Suite, check, load_suite, make_plan, normalized
 
 if TYPE_CHECKING:
     from cxrbench.runner.executors import Submission, SubmititBackend
@@ -36,8 +36,9 @@ def suite_from_args(args: Any) -> Suite:
         ("task", "tasks"),
         ("fraction", "fractions"),
         ("seed", "seeds"),
+        ("pretrain_seed", "pretrain_seeds"),
     ):
-        values = getattr(args, flag)
+        values = getattr(args, flag, None)
         if values:
             changes[key] = [resolve_task(v) for v in values] if flag == "task" else list(values)
     if args.preset:
@@ -48,7 +49,7 @@ def suite_from_args(args: Any) -> Suite:
     changes["transfer_overrides"] = [*suite.transfer_overrides, *(args.set or []), *quiet]
     pretrain_sets = getattr(args, "pretrain_set", None) or []
     changes["pretrain_overrides"] = [*suite.pretrain_overrides, *pretrain_sets, *quiet]
-    suite = replace(suite, **changes)
+    suite = normalized(replace(suite, **changes), "command line")
     if not args.suite and (args.method or args.task):
         suite = replace(suite, name=f"{suite.preset}")
     check(suite, "command line")
@@ -118,12 +119,13 @@ def submit_bench(
 
 def table_for(suite: Suite, outcome: Outcome, tables_dir: Path) -> str:
     from cxrbench.report.aggregate import aggregate
+    from cxrbench.report.suites import planned_runs, spread_words
     from cxrbench.report.tables import markdown_table, write_table
 
-    cells = aggregate(outcome.records, planned_seeds=len(suite.seeds))
+    cells = aggregate(outcome.records, planned_seeds=planned_runs(suite))
     title = (
         f"{suite.name}: {', '.join(suite.tasks)} · preset {suite.preset} · "
-        f"mean ± std over {len(suite.seeds)} seeds"
+        f"{spread_words(suite, outcome.records)}"
     )
     text = markdown_table(cells, title=title, method_order=suite.methods)
     command = "cxrbench " + " ".join(sys.argv[1:]) if sys.argv else "cxrbench bench"

@@ -2,10 +2,14 @@
 
 A suite (``benchmarks/*.yaml``, or the ``cxrbench bench`` flags) names methods, tasks, label
 fractions and seeds. The plan pre-trains one encoder per method (per task dataset for
-``supervised``, the oracle trained on that dataset's labels) at ``pretrain_seed`` and runs every
-method × task × fraction × seed transfer on it. Run folders are keyed by identity:
+``supervised``, the oracle trained on that dataset's labels) at each of ``pretrain_seeds`` and runs
+every method × task × fraction × seed transfer on each. Run folders are keyed by identity:
 ``<out>/<suite>/<method>/pretrain[-<dataset>]/s<pretrain seed>/`` and
-``<out>/<suite>/<method>/<task>/f<fraction>/s<seed>/``.
+``<out>/<suite>/<method>/<task>/f<fraction>[/p<pretrain seed>]/s<seed>/`` (``p<k>/`` only for a
+pre-training seed other than 0, so the folders of one-seed suites keep their names).
+
+Several pre-training seeds measure the noise of pre-training itself, which is what moves a
+number from one CPU to another (the leaderboard gate, :mod:`cxrbench.report.leaderboard`).
 
 A suite may also say what each job asks of a SLURM cluster (``resources:``), how to submit
 (``slurm:``) and what a job costs when no finished run has measured it (``estimates:``); see
@@ -17,7 +21,7 @@ executor runs it, so a run's identity does not depend on where it ran.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cxrbench.config import build, load_yaml
@@ -72,7 +76,8 @@ class Suite:
     tasks: list[str] = field(default_factory=lambda: ["chexpert_cls"])
     fractions: list[float] = field(default_factory=lambda: [0.01])
     seeds: list[int] = field(default_factory=lambda: list(PROTOCOL_SEEDS))
-    pretrain_seed: int = 0
+    pretrain_seeds: list[int] = field(default_factory=lambda: [0])
+    pretrain_seed: int | None = None  # shorthand for pretrain_seeds: [N]
     pretrain_overrides: list[str] = field(default_factory=list)
     method_overrides: dict[str, list[str]] = field(default_factory=dict)  # per method, pre-training
     transfer_overrides: list[str] = field(default_factory=list)
@@ -89,7 +94,8 @@ class PretrainSpec:
 
     @property
     def key(self) -> str:
-        return f"{self.method}/pretrain" + (f"-{self.dataset}" if self.dataset else "")
+        dataset = f"-{self.dataset}" if self.dataset else ""
+        return f"{self.method}/pretrain{dataset}/s{self.seed}"
 
 
 @dataclass(frozen=True)
@@ -102,7 +108,8 @@ class TransferSpec:
 
     @property
     def key(self) -> str:
-        return f"{self.method}/{self.task}/f{self.fraction:g}/s{self.seed}"
+        pretrain = f"p{self.pretrain.seed}/" if self.pretrain.seed != 0 else ""
+        return f"{self.method}/{self.task}/f{self.fraction:g}/{pretrain}s{self.seed}"
 
 
 @dataclass(frozen=True)
@@ -115,9 +122,19 @@ class Plan:
 def load_suite(path: Path) -> Suite:
     """A suite file, validated (unknown keys, wrong types and unknown names name the file)."""
     layer = load_yaml(path)
-    suite = build(Suite, [layer])
+    suite = normalized(build(Suite, [layer]), str(path))
     check(suite, str(path))
     return suite
+
+
+def normalized(suite: Suite, source: str = "suite") -> Suite:
+    """``pretrain_seed: N`` folded into ``pretrain_seeds: [N]`` (both given and different: an
+    error)."""
+    if suite.pretrain_seed is None:
+        return suite
+    if suite.pretrain_seeds not in ([0], [suite.pretrain_seed]):
+        raise ConfigError(source, "pretrain_seed", "give pretrain_seeds or pretrain_seed, not both")
+    return replace(suite, pretrain_seeds=[suite.pretrain_seed], pretrain_seed=None)
 
 
 def check(suite: Suite, source: str = "suite") -> None:
@@ -132,8 +149,13 @@ def check(suite: Suite, source: str = "suite") -> None:
     for f in suite.fractions:
         if not 0 < f <= 1:
             raise ConfigError(source, "fractions", f"a label fraction is in (0, 1], got {f}")
-    if not suite.seeds:
-        raise ConfigError(source, "seeds", "needs at least one seed")
+    for key, seeds in (("seeds", suite.seeds), ("pretrain_seeds", suite.pretrain_seeds)):
+        if not seeds:
+            raise ConfigError(source, key, "needs at least one seed")
+        if any(s < 0 for s in seeds):
+            raise ConfigError(source, key, f"seeds are integers >= 0, got {min(seeds)}")
+        if len(set(seeds)) != len(seeds):
+            raise ConfigError(source, key, "a seed is listed twice")
     _check_resources(suite, source)
     _check_estimates(suite, source)
 
@@ -219,7 +241,7 @@ def pretrain_overrides(suite: Suite, spec: PretrainSpec) -> list[str]:
 
 
 def pretrain_dir(suite: Suite, spec: PretrainSpec, out: Path) -> Path:
-    return Path(out) / suite.name / spec.key / f"s{spec.seed}"
+    return Path(out) / suite.name / spec.key
 
 
 def transfer_dir(suite: Suite, spec: TransferSpec, out: Path) -> Path:
@@ -230,11 +252,12 @@ def make_plan(suite: Suite) -> Plan:
     pretrain: dict[str, PretrainSpec] = {}
     transfer = []
     for method in suite.methods:
-        for task in suite.tasks:
-            dataset = TASKS.get(task).dataset if method == "supervised" else None
-            spec = PretrainSpec(method, suite.pretrain_seed, dataset)
-            pretrain.setdefault(spec.key, spec)
-            for fraction in suite.fractions:
-                for seed in suite.seeds:
-                    transfer.append(TransferSpec(method, task, fraction, seed, spec))
+        for pretrain_seed in suite.pretrain_seeds:
+            for task in suite.tasks:
+                dataset = TASKS.get(task).dataset if method == "supervised" else None
+                spec = PretrainSpec(method, pretrain_seed, dataset)
+                pretrain.setdefault(spec.key, spec)
+                for fraction in suite.fractions:
+                    for seed in suite.seeds:
+                        transfer.append(TransferSpec(method, task, fraction, seed, spec))
     return Plan(suite, tuple(pretrain.values()), tuple(transfer))
