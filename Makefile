@@ -18,11 +18,12 @@ SEEDS    ?=
 PRESET   ?=
 
 # make regress: the CI smoke suite from scratch (corpus, corpus BERT, encoders, probes: a kept run
-# would be skipped, not re-measured), checked against the committed baseline. It is bit-identical
-# run to run, but the thread count and the CPU's kernels (AVX2, AVX-512) change float summation
-# order, which pre-training amplifies, so it runs on one thread with the generic kernels of torch,
-# oneDNN and MKL. An intended change of the numbers, after `make regress`:
-#   cxrbench leaderboard update --suite benchmarks/smoke.yaml --runs results/runs/regress/runs
+# would be skipped, not re-measured), checked against the committed baseline by a one-sided
+# statistical test whose noise was measured over pre-training seeds (docs/leaderboards.md): a
+# fresh CPU, thread count or kernel set lands elsewhere, as a new seed does, and passes unless a
+# number dropped beyond its noise. An intended change of the numbers is re-calibrated:
+#   cxrbench bench --suite benchmarks/smoke.yaml --pretrain-seed 0 ... --pretrain-seed 11 --out R
+#   cxrbench leaderboard update --suite benchmarks/smoke.yaml --runs R
 REGRESS       := results/runs/regress
 REGRESS_SUITE := benchmarks/smoke.yaml
 
@@ -49,16 +50,11 @@ test: lint  ## lint, the whole test suite (CPU, < 15 min on 2 cores), then `make
 	$(BIN)/python -m pytest -n $(JOBS) --durations=15
 	$(MAKE) --no-print-directory regress
 
-regress: export OMP_NUM_THREADS := 1
-regress: export MKL_NUM_THREADS := 1
-regress: export ATEN_CPU_CAPABILITY := default
-regress: export ONEDNN_MAX_CPU_ISA := SSE41
-regress: export MKL_CBWR := COMPATIBLE
 regress: install  ## smoke suite from scratch, checked against results/leaderboards/smoke.json
 	rm -rf $(REGRESS)
-	$(BIN)/cxrbench data synth --out $(REGRESS)/synth-tiny --preset tiny --seed 0 --no-progress \
+	$(BIN)/cxrbench data synth --out $(REGRESS)/synth-small --preset small --seed 0 --no-progress \
 		> /dev/null
-	$(BIN)/cxrbench bench --suite $(REGRESS_SUITE) --data-root $(REGRESS)/synth-tiny \
+	$(BIN)/cxrbench bench --suite $(REGRESS_SUITE) --data-root $(REGRESS)/synth-small \
 		--out $(REGRESS)/runs --no-progress
 	$(BIN)/cxrbench leaderboard check --suite $(REGRESS_SUITE) --runs $(REGRESS)/runs
 

@@ -15,9 +15,12 @@ from cxrbench.cli import main
 from cxrbench.errors import CxrbenchError
 from cxrbench.report import gate
 from cxrbench.report.gate import Policy
+from cxrbench.report.gate import Sample as _Sample
 from cxrbench.report.leaderboard import Leaderboard
 from cxrbench.report.schema import ResultRecord
 from cxrbench.report.store import write_record
+
+S = _Sample.of
 
 
 @pytest.mark.parametrize("n_current", [1, 2, 5])
@@ -25,7 +28,7 @@ def test_p_value_is_scipys_pooled_one_sided_t_test(n_current) -> None:
     rng = np.random.default_rng(n_current)
     base = rng.normal(0.80, 0.01, size=8)
     now = rng.normal(0.79, 0.01, size=n_current)
-    result = gate.t_test(list(base), list(now), True, Policy(alpha=0.05, floor=0.0))
+    result = gate.t_test(S(base), S(now), True, Policy(alpha=0.05, floor=0.0))
     if n_current == 1:  # scipy needs two per side: the prediction-interval form by hand
         se = base.std(ddof=1) * math.sqrt(1 / 8 + 1)
         expected = stats.t.cdf((now.mean() - base.mean()) / se, 7)
@@ -40,22 +43,24 @@ def test_margin_is_t_quantile_times_se_plus_floor_and_exact_at_the_boundary() ->
     policy = Policy(alpha=0.01, floor=0.005)
     se = np.std(base, ddof=1) * math.sqrt(1 / 6 + 1 / 1)
     margin = stats.t.ppf(0.99, 5) * se + 0.005
-    just_inside = gate.t_test(base, [0.80 - margin + 1e-6], True, policy)
-    just_beyond = gate.t_test(base, [0.80 - margin - 1e-6], True, policy)
+    just_inside = gate.t_test(S(base), S([0.80 - margin + 1e-6]), True, policy)
+    just_beyond = gate.t_test(S(base), S([0.80 - margin - 1e-6]), True, policy)
     assert just_inside.margin == pytest.approx(margin) and just_inside.status == "ok"
     assert just_beyond.status == "regressed" and just_beyond.p_drop < 0.01
-    lower_is_better = gate.t_test(base, [0.80 + margin + 1e-6], False, policy)
+    lower_is_better = gate.t_test(S(base), S([0.80 + margin + 1e-6]), False, policy)
     assert lower_is_better.status == "regressed"
-    assert gate.t_test(base, [0.80 + margin + 1e-6], True, policy).status == "improved"
-    assert gate.detectable(base, 1, policy) == pytest.approx(margin)
+    assert gate.t_test(S(base), S([0.80 + margin + 1e-6]), True, policy).status == "improved"
+    assert gate.detectable(S(base), 1, policy) == pytest.approx(margin)
 
 
 def test_no_spread_leaves_the_floor() -> None:
     policy = Policy(alpha=0.001, floor=0.01)
-    assert gate.t_test([0.5], [0.5], True, policy).margin == 0.01  # df = 0
-    flat = gate.t_test([1 / 3] * 4, [1 / 3, 1 / 3], True, policy)
+    assert gate.t_test(S([0.5]), S([0.5]), True, policy).margin == 0.01  # df = 0
+    flat = gate.t_test(S([1 / 3] * 4), S([1 / 3, 1 / 3]), True, policy)
     assert flat.margin == 0.01 and flat.se == 0.0 and flat.status == "ok"
-    assert gate.t_test([1 / 3] * 4, [0.32, 0.32], True, policy).status == "regressed"
+    assert gate.t_test(S([1 / 3] * 4), S([0.32, 0.32]), True, policy).status == "regressed"
+    with pytest.raises(CxrbenchError, match="at least one unit"):
+        S([])
 
 
 @pytest.mark.parametrize(("alpha", "floor"), [(0, 0.0), (0.5, 0.0), (0.01, -1.0), (True, 0.0)])
@@ -64,21 +69,23 @@ def test_bad_policy_is_an_error(alpha, floor) -> None:
         Policy(alpha=alpha, floor=floor)
 
 
+def regressed(base: np.ndarray, now: np.ndarray, policy: Policy) -> bool:
+    return gate.t_test(S(base), S(now), True, policy).status == "regressed"
+
+
 def test_false_alarm_rate_and_power_by_simulation() -> None:
     """Unchanged runs (a new draw of the same noise) are flagged at rate α; a drop of 3 σ with
     8 baseline and 2 current units is flagged most of the time at α = 0.05."""
     rng = np.random.default_rng(0)
     policy = Policy(alpha=0.05, floor=0.0)
-    draws = 4000
+    draws = 2000
     base = rng.normal(0.0, 1.0, size=(draws, 8))
     null = rng.normal(0.0, 1.0, size=(draws, 2))
-    flagged = sum(gate.t_test(b, c, True, policy).status == "regressed" for b, c in zip(base, null))
-    # binomial 99.9% band around 0.05 · 4000 = 200: ± 3.3 · √(4000 · 0.05 · 0.95) ≈ ± 45
-    assert abs(flagged - 200) < 46, flagged
+    flagged = sum(regressed(b, c, policy) for b, c in zip(base, null, strict=True))
+    # binomial 99.9% band around 0.05 · 2000 = 100: ± 3.3 · √(2000 · 0.05 · 0.95) ≈ ± 32
+    assert abs(flagged - 100) < 33, flagged
     shifted = null - 3.0
-    power = sum(
-        gate.t_test(b, c, True, policy).status == "regressed" for b, c in zip(base, shifted)
-    )
+    power = sum(regressed(b, c, policy) for b, c in zip(base, shifted, strict=True))
     assert power / draws > 0.9, power
     assert gate.suite_false_alarm(0.001, 12) == pytest.approx(1 - 0.999**12)
 
@@ -120,7 +127,7 @@ def test_pretraining_seeds_are_the_units_and_a_subset_is_checked(tmp_path, capsy
         entry.unit == "pretrain_seed" and entry.n == 6 and entry.pretrain_seeds == tuple(range(6))
     )
     assert entry.values == tuple(values[p] for p in range(6))  # the mean of ±0.002 per seed
-    margin = gate.detectable(entry.values, 2, board.policy)
+    margin = gate.detectable(S(entry.values), 2, board.policy)
     write(fresh, {0: 0.80, 1: 0.80})
     assert main(["leaderboard", "check", *args, "--runs", str(fresh)]) == 0
     assert "ok " in capsys.readouterr().out

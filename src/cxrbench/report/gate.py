@@ -75,27 +75,32 @@ class Outcome:
         return "improved" if self.gain > self.margin else "ok"
 
 
-def _moments(values: Sequence[float]) -> tuple[int, float, float]:
-    array = np.asarray(values, dtype=np.float64)
-    var = float(array.var(ddof=1)) if len(array) > 1 else 0.0
-    return len(array), float(array.mean()), var
+@dataclass(frozen=True)
+class Sample:
+    """What the test needs of one side: the mean, the sample std (ddof 1) and the unit count."""
+
+    mean: float
+    std: float
+    n: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Sample:
+        if len(values) == 0:
+            raise CxrbenchError("the gate needs at least one unit on each side")
+        array = np.asarray(values, dtype=np.float64)
+        std = float(array.std(ddof=1)) if len(array) > 1 else 0.0
+        return cls(float(array.mean()), std, len(array))
 
 
-def t_test(
-    baseline: Sequence[float], current: Sequence[float], higher_is_better: bool, policy: Policy
-) -> Outcome:
-    """The pooled t-test of the units ``current`` against ``baseline`` (see the module doc)."""
-    if len(baseline) == 0 or len(current) == 0:
-        raise CxrbenchError("the gate needs at least one unit on each side")
-    n_b, mean_b, var_b = _moments(baseline)
-    n_c, mean_c, var_c = _moments(current)
-    delta = mean_c - mean_b
+def t_test(baseline: Sample, current: Sample, higher_is_better: bool, policy: Policy) -> Outcome:
+    """The pooled t-test of the ``current`` units against the ``baseline``'s (see the module
+    doc)."""
+    delta = current.mean - baseline.mean
     gain = round(delta if higher_is_better else -delta, 12)  # 0.79 − 0.80 is −0.01, not beyond
-    df = n_b + n_c - 2
+    df = baseline.n + current.n - 2
     if df < 1:
         return Outcome(gain, policy.floor, None, df, None)
-    pooled = ((n_b - 1) * var_b + (n_c - 1) * var_c) / df
-    se = math.sqrt(pooled * (1 / n_b + 1 / n_c))
+    se = _pooled_se(baseline, current.std, current.n)
     if se == 0:
         return Outcome(gain, policy.floor, 0.0, df, None)
     t_crit = float(stats.t.ppf(1 - policy.alpha, df))
@@ -103,15 +108,20 @@ def t_test(
     return Outcome(gain, t_crit * se + policy.floor, se, df, p_drop)
 
 
-def detectable(baseline: Sequence[float], units: int, policy: Policy) -> float:
+def _pooled_se(baseline: Sample, std: float, n: int) -> float:
+    df = baseline.n + n - 2
+    pooled = ((baseline.n - 1) * baseline.std**2 + (n - 1) * std**2) / df
+    return math.sqrt(pooled * (1 / baseline.n + 1 / n))
+
+
+def detectable(baseline: Sample, units: int, policy: Policy) -> float:
     """The margin a check with ``units`` current units gets when their spread is the baseline's:
     the smallest drop it flags (the gate's power, printed by ``leaderboard update``)."""
-    n_b, _, var_b = _moments(baseline)
-    df = n_b + units - 2
-    if df < 1 or var_b == 0:
+    df = baseline.n + units - 2
+    if df < 1 or baseline.std == 0:
         return policy.floor
     t_crit = float(stats.t.ppf(1 - policy.alpha, df))
-    return t_crit * math.sqrt(var_b * (1 / n_b + 1 / units)) + policy.floor
+    return t_crit * _pooled_se(baseline, baseline.std, units) + policy.floor
 
 
 def suite_false_alarm(alpha: float, entries: int) -> float:

@@ -271,13 +271,19 @@ def _judge(old: Entry, new: Entry, policy: Policy) -> Verdict:
     ]
     if reasons:
         return Verdict("incomparable", old.key, old, new, note="; ".join(reasons))
-    result = gate.t_test(old.values, new.values, old.higher_is_better, policy)
+    result = gate.t_test(_sample_of(old), _sample_of(new), old.higher_is_better, policy)
     delta = round(new.mean - old.mean, DECIMALS)
     notes = [] if result.se is not None else ["no spread to estimate: margin = floor"]
     if old.device != new.device:
         notes.append(f"device {old.device} → {new.device}")
     margin = round(result.margin, DECIMALS)
     return Verdict(result.status, old.key, old, new, delta, margin, result.p_drop, "; ".join(notes))
+
+
+def _sample_of(entry: Entry) -> gate.Sample:
+    """The entry's summary (mean, std, n), as stored: the test reads these, ``values`` are kept
+    for audit and recomputation."""
+    return gate.Sample(entry.mean, entry.std, entry.n)
 
 
 def _show(value: Any) -> str:
@@ -379,7 +385,7 @@ def power_report(board: Leaderboard, check_units: int) -> str:
     ]
     base = {e.key: e for e in board.entries}
     for e in sorted(board.entries, key=lambda e: e.key):
-        margin = gate.detectable(e.values, check_units, board.policy)
+        margin = gate.detectable(_sample_of(e), check_units, board.policy)
         line = f"  {_label(e.key)}: {margin:.4f}"
         reference = next((base.get((m, e.task, e.fraction)) for m in BASELINE_METHODS), None)
         if reference is not None and e.method not in BASELINE_METHODS:

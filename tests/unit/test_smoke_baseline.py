@@ -1,0 +1,110 @@
+"""The committed CI baseline (results/leaderboards/smoke.json, benchmarks/smoke.yaml) has signal
+and power: every pre-trained entry is above its random-init row by more than twice the margin a
+CI check gets, that margin is under 5 points, and the check run on the calibration's own CI seeds
+passes, while the same runs against a baseline raised by 0.05 on any pre-trained entry fail."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cxrbench.cli import main
+from cxrbench.report import gate
+from cxrbench.report.leaderboard import Entry, Leaderboard
+from cxrbench.report.schema import ResultRecord
+from cxrbench.report.store import write_record
+from cxrbench.runner.plan import load_suite
+
+ROOT = Path(__file__).resolve().parents[2]
+SUITE_FILE = ROOT / "benchmarks" / "smoke.yaml"
+BOARD_FILE = ROOT / "results" / "leaderboards" / "smoke.json"
+SUITE = load_suite(SUITE_FILE)
+BOARD = Leaderboard.from_json(BOARD_FILE.read_text(), str(BOARD_FILE))
+ENTRIES = {e.key: e for e in BOARD.entries}
+PRETRAINED = sorted(k for k in ENTRIES if k[0] != "random_init")
+
+
+def test_the_baseline_covers_the_suite_and_is_calibrated_on_more_seeds() -> None:
+    grid = {(m, t, float(f)) for m in SUITE.methods for t in SUITE.tasks for f in SUITE.fractions}
+    assert set(ENTRIES) == grid
+    for e in BOARD.entries:
+        assert e.unit == "pretrain_seed" and list(e.seeds) == sorted(SUITE.seeds)
+        assert set(SUITE.pretrain_seeds) <= set(e.pretrain_seeds)
+        assert e.n >= 3 * len(SUITE.pretrain_seeds)  # the noise is estimated, not guessed
+
+
+@pytest.mark.parametrize("key", PRETRAINED, ids=lambda k: f"{k[1]}-f{k[2]:g}")
+def test_pretrained_entries_clear_random_init_by_their_margin(key) -> None:
+    entry = ENTRIES[key]
+    reference = ENTRIES[("random_init", key[1], key[2])]
+    margin = gate.detectable(gate.Sample(entry.mean, entry.std, entry.n),
+                             len(SUITE.pretrain_seeds), BOARD.policy)  # fmt: skip
+    assert margin < 0.05, f"a 5-point drop would pass: margin {margin:.4f}"
+    assert entry.mean - reference.mean > 2 * margin
+
+
+def _ci_runs(runs: Path) -> None:
+    """The runs a CI check on the calibration machine produces: the calibration's own values of
+    the suite's pre-training seeds (one transfer seed each, as the suite plans)."""
+    for e in BOARD.entries:
+        for p in SUITE.pretrain_seeds:
+            value = e.values[e.pretrain_seeds.index(p)]
+            for seed in e.seeds:
+                write_record(_path(runs, e, p, seed), _record(e, p, seed, value))
+
+
+def _path(runs: Path, e: Entry, p: int, seed: int) -> Path:
+    return (
+        runs
+        / "smoke"
+        / e.method
+        / e.task
+        / f"f{e.fraction:g}"
+        / f"p{p}"
+        / f"s{seed}"
+        / "result.json"
+    )
+
+
+def _record(e: Entry, pretrain_seed: int, seed: int, value: float) -> ResultRecord:
+    return ResultRecord(
+        suite="smoke", method=e.method, task=e.task, task_version=e.task_version,
+        fraction=e.fraction, seed=seed, pretrain_seed=pretrain_seed, metric=e.metric,
+        higher_is_better=e.higher_is_better, metrics={e.metric: value}, config_hash=e.config_hash,
+        code_version="test", encoder_sha256="e", split_hash="s",
+        data_fingerprint=e.data_fingerprint, probe_mode="cached", wall_seconds=1.0,
+        device=e.device, created="2026-12-02T00:00:00",
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def ci_runs(tmp_path_factory) -> Path:
+    runs = tmp_path_factory.mktemp("smoke-runs")
+    _ci_runs(runs)
+    return runs
+
+
+def _check(runs: Path, boards: Path, capsys) -> tuple[int, str]:
+    status = main(["leaderboard", "check", "--suite", str(SUITE_FILE), "--runs", str(runs),
+                   "--leaderboards", str(boards)])  # fmt: skip
+    return status, capsys.readouterr().out
+
+
+def test_the_calibration_machines_ci_runs_pass(ci_runs, capsys) -> None:
+    status, out = _check(ci_runs, BOARD_FILE.parent, capsys)
+    assert status == 0, out
+
+
+@pytest.mark.parametrize("key", PRETRAINED, ids=lambda k: f"{k[1]}-f{k[2]:g}")
+def test_a_baseline_raised_by_five_points_fails(key, ci_runs, tmp_path, capsys) -> None:
+    data = json.loads(BOARD_FILE.read_text())
+    for entry in data["entries"]:
+        if (entry["method"], entry["task"], entry["fraction"]) == key:
+            entry["mean"] = round(entry["mean"] + 0.05, 6)
+    (tmp_path / "smoke.json").write_text(json.dumps(data))
+    status, out = _check(ci_runs, tmp_path, capsys)
+    assert status == 1, out
+    flagged = [line.split()[:4] for line in out.splitlines() if line.startswith("regressed")]
+    assert flagged == [["regressed", key[0], key[1], f"{key[2]:g}"]]
