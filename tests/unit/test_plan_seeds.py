@@ -81,7 +81,10 @@ def test_caption_says_which_pretraining_seeds(tmp_path) -> None:
         "mean ± std over 2 runs: transfer seeds (42) × 2 pre-training seeds (0, 1)"
     )
     one = Suite(seeds=[42, 0, 1])
-    assert spread_words(one) == "mean ± std over 3 transfer seeds (42, 0, 1) on pre-training seed 0"
+    assert spread_words(one) == (
+        "mean ± std over 3 transfer seeds (42, 0, 1) on pre-training seed 0 "
+        "(± leaves out pre-training noise)"
+    )
     record = ResultRecord(
         suite="s", method="m", task="t", task_version=1, fraction=1.0, seed=42, pretrain_seed=9,
         metric="x", higher_is_better=True, metrics={"x": 1.0}, config_hash="c", code_version="v",

@@ -65,7 +65,7 @@ def spread_words(suite: Suite, records: Sequence[ResultRecord] = ()) -> str:
     shown = ", ".join(str(s) for s in pretrain)
     if len(pretrain) == 1:
         spread = f"mean ± std over {n} transfer seeds" if n > 1 else "one transfer seed"
-        return f"{spread} ({seeds}) on pre-training seed {shown}"
+        return f"{spread} ({seeds}) on pre-training seed {shown} (± leaves out pre-training noise)"
     runs = n * len(pretrain)
     return (
         f"mean ± std over {runs} runs: transfer seeds ({seeds}) × {len(pretrain)} "
