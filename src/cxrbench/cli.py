@@ -352,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
     synth = dsub.add_parser("synth", help="generate the SynthCXR corpus in the official formats")
     synth.add_argument("--out", required=True, help="output data root")
-    synth.add_argument("--preset", default="small", choices=("tiny", "small", "full"))
+    synth.add_argument("--preset", default="small", choices=("tiny", "small", "ci", "full"))
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     synth.add_argument("--no-progress", action="store_true")
