@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from cxrbench.errors import CxrbenchError
 from cxrbench.runner.execute import Outcome, execute
+from cxrbench.runner.plan import make_plan
 from cxrbench.runner.resolve import SYNTH_PRESETS, Job, ResolvedPlan, resolve
 from cxrbench.suite import Suite, check, grid_name, load_suite, normalized
 
@@ -288,6 +289,9 @@ def dry_run(
             "note: text.model=auto: the corpus text model must exist before the jobs start "
             "(cxrbench pretrain-text), or give --pretrain-set text.model=PATH"
         )
+    unresolved = len(make_plan(suite).jobs) - len(plan.jobs)
+    if unresolved:
+        lines.append(f"{unresolved} planned jobs not resolved (not counted above): see problems")
     if plan.problems:
         lines.append(
             f"problems ({len(plan.problems)}; the suite does not start until they are fixed):"

@@ -58,6 +58,10 @@ class Plan:
     pretrain: tuple[PretrainSpec, ...]
     transfer: tuple[TransferSpec, ...]
 
+    @property
+    def jobs(self) -> tuple[PretrainSpec | TransferSpec, ...]:
+        return (*self.pretrain, *self.transfer)
+
 
 def pretrain_dir(suite: Suite, spec: PretrainSpec, out: Path) -> Path:
     return Path(out) / suite.name / spec.key

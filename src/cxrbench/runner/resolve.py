@@ -23,7 +23,7 @@ hashes.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -376,8 +376,6 @@ def resolve(
     """Every job of ``suite`` resolved, and every problem that would stop it; reads configs and
     the run folders under ``out``, never the data. ``progress=False`` turns progress bars off
     (not part of any config hash); ``force``: finished transfers are to be run again."""
-    from dataclasses import replace
-
     if not progress:
         quiet = ["trainer.progress=false"]
         suite = replace(suite, pretrain_overrides=[*suite.pretrain_overrides, *quiet],
