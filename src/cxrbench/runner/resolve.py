@@ -124,6 +124,9 @@ def load_config(
 
 def _pretrain_hash(cfg: PretrainConfig) -> str:
     plain = without_keys(to_plain(cfg), PRETRAIN_NON_RESULT_KEYS)
+    # trainer.channels_last was removed (read by nothing); hashed at its old default, so the
+    # runs made before keep their identity (the paper preset, which set it, changes hash)
+    plain["trainer"]["channels_last"] = False
     if not METHODS.get(cfg.method).trains:  # nothing is trained: schedules change nothing
         crop = plain["data"]["crop"]
         plain = without_keys(plain, ["optim", "trainer", "text", "loss_weights", "data"])
