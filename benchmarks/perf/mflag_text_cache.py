@@ -45,7 +45,8 @@ import torch
 
 from cxrbench.data.pretrain import PairDataset, collate, load_pairs
 from cxrbench.methods.mflag import TextFeatureCache, trainable_parameters
-from cxrbench.runner.pretrain import build_method, load_config
+from cxrbench.runner.pretrain import build_method
+from cxrbench.runner.resolve import load_config
 
 PAPER_EPOCHS = 50
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")

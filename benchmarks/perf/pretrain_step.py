@@ -25,8 +25,9 @@ from cxrbench.data.pretrain import PairDataset, collate, load_pairs
 from cxrbench.errors import ConfigError
 from cxrbench.methods import METHODS
 from cxrbench.runner.bench import data_root_for
-from cxrbench.runner.plan import Suite
-from cxrbench.runner.pretrain import build_method, load_config, resolve_text_model
+from cxrbench.runner.pretrain import build_method, resolve_text_model
+from cxrbench.runner.resolve import load_config
+from cxrbench.suite import Suite
 
 
 def step_time(method: torch.nn.Module, batch: dict, steps: int, warmup: int) -> float:

@@ -19,9 +19,10 @@ from pathlib import Path
 
 from cxrbench.data.features import FeatureCache
 from cxrbench.runner.bench import data_root_for
-from cxrbench.runner.plan import Suite
-from cxrbench.runner.pretrain import load_config, run_pretrain
-from cxrbench.runner.transfer import load_task, run_transfer
+from cxrbench.runner.pretrain import run_pretrain
+from cxrbench.runner.resolve import load_config, load_task
+from cxrbench.runner.transfer import run_transfer
+from cxrbench.suite import Suite
 
 
 def grid(job, artifact: Path, data_root: Path, work: Path, cached: bool) -> float:
@@ -31,8 +32,15 @@ def grid(job, artifact: Path, data_root: Path, work: Path, cached: bool) -> floa
     for f in fractions:
         for s in seeds:
             cache = shared if cached else FeatureCache(work / f"cache-{f}-{s}")
-            run_transfer(job, artifact, data_root, fraction=f, seed=s,
-                         run_dir=work / ("c" if cached else "u") / f"f{f}" / f"s{s}", cache=cache)
+            run_transfer(
+                job,
+                artifact,
+                data_root,
+                fraction=f,
+                seed=s,
+                run_dir=work / ("c" if cached else "u") / f"f{f}" / f"s{s}",
+                cache=cache,
+            )
     return time.perf_counter() - start
 
 
@@ -61,8 +69,10 @@ def main() -> None:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"task {args.task}, preset {args.preset}: 3 fractions x 3 seeds = 9 probe runs")
         print(f"one feature-extraction pass      {one_pass:8.1f} s")
-        print(f"grid with the cache              {with_cache:8.1f} s "
-              f"({with_cache / one_pass:.2f} x one pass)")
+        print(
+            f"grid with the cache              {with_cache:8.1f} s "
+            f"({with_cache / one_pass:.2f} x one pass)"
+        )
         print(f"grid without the cache           {without:8.1f} s")
         print(f"speed-up of the cache            {without / with_cache:8.2f} x")
         print(f"peak resident memory             {peak:8.0f} MiB")

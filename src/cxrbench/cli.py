@@ -14,11 +14,45 @@ from pathlib import Path
 from typing import Any
 
 from cxrbench import __version__
+from cxrbench.cli_report import add_leaderboard, add_report
 from cxrbench.errors import CxrbenchError
 from cxrbench.log import setup_logging
 
-DATASET_KEYS = ("mimic", "chexpert", "rsna", "siim", "objectcxr", "covidx")
-LISTABLE = ("methods", "tasks", "datasets", "presets")
+LISTABLE = ("methods", "tasks", "datasets", "presets", "synth-presets")
+
+
+def _dataset_keys() -> tuple[str, ...]:
+    from cxrbench.data.formats import DATASETS
+
+    return DATASETS
+
+
+def _trainer_presets() -> list[str]:
+    from cxrbench.config import packaged_names
+
+    return packaged_names("trainer")
+
+
+class _Deprecated(argparse.Action):
+    """An old spelling of a flag: works, and says which one to use."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, new: str = "", **kw: Any):
+        super().__init__(option_strings, dest, **kw)
+        self.new = new
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: str | None = None):
+        sys.stderr.write(f"cxrbench: warning: {option} is deprecated, use {self.new}\n")
+        if self.nargs in ("+", "*"):  # an extending flag (--set): add to what is there
+            values = [*(getattr(namespace, self.dest, None) or []), *values]
+        setattr(namespace, self.dest, values)
+
+
+def _data_root_flag(p: Any, help: str, required: bool = True, default: str | None = None) -> None:
+    """``--data-root`` (and the old ``--root``, deprecated)."""
+    group = p.add_mutually_exclusive_group(required=required)
+    group.add_argument("--data-root", default=default, help=help)
+    group.add_argument("--root", dest="data_root", action=_Deprecated, new="--data-root",
+                       help=argparse.SUPPRESS)  # fmt: skip
 
 
 def _emit(text: str) -> None:
@@ -50,7 +84,9 @@ def _list(kind: str) -> list[str]:
         from cxrbench.data.formats import FOLDERS
 
         return [f"{key} ({folder})" for key, folder in FOLDERS.items()]
-    from cxrbench.synth import PRESETS
+    if kind == "presets":  # what --preset takes (configs/trainer/)
+        return _trainer_presets()
+    from cxrbench.synth import PRESETS  # what `data synth --preset` takes
 
     return list(PRESETS)
 
@@ -72,7 +108,7 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 def cmd_data_splits(args: argparse.Namespace) -> int:
     from cxrbench.data.splits import STANDARD_FRACTIONS, make_splits
 
-    splits = make_splits(args.dataset, Path(args.root), force=args.force)
+    splits = make_splits(args.dataset, _dataset_dir(args), force=args.force)
     summary: dict[str, object] = {
         "dataset": args.dataset,
         "directory": str(splits.directory),
@@ -91,16 +127,26 @@ def cmd_data_splits(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dataset_dir(args: argparse.Namespace) -> Path:
+    """``--data-root``: a data root holding the dataset's folder, or that folder itself."""
+    from cxrbench.data.formats import FOLDERS
+
+    root = Path(args.data_root)
+    inside = root / FOLDERS[args.dataset]
+    return inside if inside.is_dir() else root
+
+
 def cmd_data_inspect(args: argparse.Namespace) -> int:
     from cxrbench.data.inspect import inspect_dataset
 
-    summary, problems = inspect_dataset(args.dataset, Path(args.root))
+    summary, problems = inspect_dataset(args.dataset, _dataset_dir(args))
     _emit(json.dumps({**summary, "problems": problems}, indent=2))
     return 1 if problems else 0
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from cxrbench.runner.pretrain import default_run_dir, load_config, run_pretrain
+    from cxrbench.runner.pretrain import default_run_dir, run_pretrain
+    from cxrbench.runner.resolve import load_config
 
     overrides = list(args.set or [])
     if args.seed is not None:
@@ -117,7 +163,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 def cmd_pretrain_text(args: argparse.Namespace) -> int:
     from cxrbench.models.text_corpus import pretrain_text
 
-    summary = pretrain_text(Path(args.root), Path(args.out) if args.out else None,
+    summary = pretrain_text(Path(args.data_root), Path(args.out) if args.out else None,
                             preset=args.preset, seed=args.seed, force=args.force,
                             progress=not args.no_progress)  # fmt: skip
     _emit(json.dumps(summary, indent=2, default=str))
@@ -135,23 +181,27 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from cxrbench.runner import bench
+    from cxrbench.runner.execute import log_failures
 
     suite = bench.suite_from_args(args)
     out = Path(args.out)
     if args.dry_run:
-        _emit(bench.dry_run(suite, out, executor=args.executor, force=args.force))
-        return 0
+        plan = bench.resolve_bench(suite, out, force=args.force)
+        _emit(bench.dry_run(suite, out, executor=args.executor, force=args.force, plan=plan))
+        if plan.problems:
+            sys.stderr.write(f"cxrbench: error: {len(plan.problems)} problem(s), listed above\n")
+        return 2 if plan.problems else 0
     if args.executor == "slurm":
         submission = bench.submit_bench(suite, out, force=args.force)
         _emit(submission.summary())
         if not args.wait:
             return 0
         outcome = submission.wait()
-        bench.log_failures(outcome)
+        log_failures(outcome)
     else:
         outcome = bench.run_bench(suite, out, force=args.force, progress=not args.no_progress)
     if outcome.records:
-        _emit(bench.table_for(suite, outcome, out.parent / "tables"))
+        _emit(bench.table_for(suite, out, out.parent / "tables"))
     return 0 if outcome.ok else 1
 
 
@@ -168,8 +218,11 @@ def _add_bench(sub: Any) -> None:
         help="pre-training seed (repeatable; replaces the suite's pretrain_seeds)",
     )
     b.add_argument("--suite", default=None, help="suite file (benchmarks/*.yaml)")
-    b.add_argument("--preset", default=None, choices=("tiny", "small", "paper"))
-    b.add_argument("--data-root", default=None, help="default: the preset's SynthCXR corpus")
+    b.add_argument("--name", default=None,
+                   help="the suite's name (its folder under --out); default: the suite file's, "
+                   "or one derived from the grid when flags make or change it")  # fmt: skip
+    b.add_argument("--preset", default=None, choices=_trainer_presets())
+    _data_root_flag(b, "default: the preset's SynthCXR corpus", required=False)
     b.add_argument("--out", default="results/runs", help="runs folder")
     b.add_argument(
         "--set", action="extend", nargs="+", metavar="KEY=VALUE", help="transfer config overrides"
@@ -199,24 +252,21 @@ def _add_bench(sub: Any) -> None:
 def _add_pretrain(sub: Any) -> None:
     p = sub.add_parser("pretrain", help="pre-train a method and export its encoder artifact")
     p.add_argument("--method", required=True, help="a registered method (cxrbench ls methods)")
-    p.add_argument("--data-root", required=True, help="data root holding mimic-cxr-jpg/")
-    p.add_argument("--preset", default="small", choices=("tiny", "small", "paper"))
+    _data_root_flag(p, "data root holding mimic-cxr-jpg/")
+    p.add_argument("--preset", default="small", choices=_trainer_presets())
     p.add_argument("--seed", type=int, default=None, help="pre-training seed (default 0)")
     p.add_argument("--out", default=None, help="runs folder (default results/runs/pretrain)")
-    p.add_argument(
-        "--set",
-        action="extend",
-        nargs="+",
-        metavar="KEY=VALUE",
-        help="config overrides (dotted keys)",
-    )
+    p.add_argument("--pretrain-set", dest="set", action="extend", nargs="+", metavar="KEY=VALUE",
+                   help="pre-training config overrides (dotted keys), as in bench")  # fmt: skip
+    p.add_argument("--set", dest="set", nargs="+", action=_Deprecated, new="--pretrain-set",
+                   help=argparse.SUPPRESS)  # fmt: skip
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_pretrain)
 
     t = sub.add_parser("pretrain-text", help="train the small corpus BERT (no downloads)")
-    t.add_argument("--root", required=True, help="data root holding mimic-cxr-jpg/ (or it)")
+    _data_root_flag(t, "data root holding mimic-cxr-jpg/ (or it)")
     t.add_argument("--out", default=None, help="model folder (default next to the corpus)")
-    t.add_argument("--preset", default="small", choices=("tiny", "small", "paper"))
+    t.add_argument("--preset", default="small", choices=_trainer_presets())
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--force", action="store_true", help="retrain over an existing model")
     t.add_argument("--no-progress", action="store_true")
@@ -229,111 +279,6 @@ def _add_pretrain(sub: Any) -> None:
     e.set_defaults(func=cmd_export)
 
 
-def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from cxrbench.report.leaderboard import run_check, run_update
-
-    runs, boards = Path(args.runs), Path(args.leaderboards)
-    if args.leaderboard_command == "check":
-        report, status = run_check(args.suite, runs, boards)
-        _emit(report)
-        return status
-    _emit(run_update(args.suite, runs, boards, floor=args.floor, alpha=args.alpha))
-    return 0
-
-
-def _add_leaderboard(sub: Any) -> None:
-    lb = sub.add_parser("leaderboard", help="check runs against a suite's baseline, or update it")
-    lsub = lb.add_subparsers(dest="leaderboard_command", metavar="LEADERBOARD_COMMAND")
-    lsub.required = True
-    check = lsub.add_parser("check", help="ok/improved/regressed/...; exit 1 on a failure")
-    update = lsub.add_parser("update", help="rewrite the baseline from the runs, print the diff")
-    for p in (check, update):
-        p.add_argument("--suite", required=True, help="suite file (benchmarks/*.yaml) or name")
-        p.add_argument("--runs", default="results/runs", help="runs folder (bench --out)")
-        p.add_argument("--leaderboards", default="results/leaderboards", help="baselines folder")
-        p.set_defaults(func=cmd_leaderboard)
-    update.add_argument(
-        "--floor", type=float, default=None, help="absolute drift floor added to every margin"
-    )
-    update.add_argument(
-        "--alpha", type=float, default=None, help="one-sided false-alarm rate per entry"
-    )
-
-
-def _report_command(args: argparse.Namespace) -> str:
-    """The command, rebuilt from its options, for the header of the files it writes."""
-    import shlex
-
-    parts = ["cxrbench", args.command]
-    for name in args.suite:
-        parts += ["--suite", name]
-    for fmt in getattr(args, "format", None) or []:
-        parts += ["--format", fmt]
-    if args.published:
-        parts += ["--published", args.published]
-    for flag, value, default in (
-        ("--published-dir", args.published_dir, "results/published"),
-        ("--runs", args.runs, "results/runs"),
-        ("--out", args.out, "results/tables"),
-    ):
-        if value != default:
-            parts += [flag, value]
-    return shlex.join(parts + (["--plot"] if getattr(args, "plot", False) else []))
-
-
-def cmd_table(args: argparse.Namespace) -> int:
-    from cxrbench.report.suites import load_suite_arg
-    from cxrbench.report.tables import write_suite_tables
-
-    formats = list(dict.fromkeys(args.format or ["md"]))
-    args.format = formats
-    for name in args.suite:
-        suite = load_suite_arg(name)
-        options = dict(published=args.published, published_dir=Path(args.published_dir))
-        written = write_suite_tables(suite, Path(args.runs), Path(args.out), formats,
-                                     command=_report_command(args), **options)  # fmt: skip
-        for _, text in written:
-            _emit(text)
-        if args.plot:
-            from cxrbench.report.plots import write_suite_plot
-
-            paths = write_suite_plot(suite, Path(args.runs), Path(args.out),
-                                     command=_report_command(args), **options)  # fmt: skip
-            _emit("\n".join(str(p) for p in paths))
-    return 0
-
-
-def cmd_plot(args: argparse.Namespace) -> int:
-    from cxrbench.report.plots import write_suite_plot
-    from cxrbench.report.suites import load_suite_arg
-
-    for name in args.suite:
-        paths = write_suite_plot(load_suite_arg(name), Path(args.runs), Path(args.out),
-                                 command=_report_command(args), published=args.published,
-                                 published_dir=Path(args.published_dir))  # fmt: skip
-        _emit("\n".join(str(p) for p in paths))
-    return 0
-
-
-def _add_report(sub: Any) -> None:
-    t = sub.add_parser("table", help="paper table of a suite's runs: Markdown, LaTeX, CSV")
-    t.add_argument("--format", action="append", choices=("md", "tex", "csv"),
-                   help="repeatable (default md); writes OUT/<suite>.<format>")  # fmt: skip
-    t.add_argument("--plot", action="store_true", help="also write the label-efficiency plot")
-    t.set_defaults(func=cmd_table)
-    p = sub.add_parser("plot", help="label-efficiency plot of a suite's runs: PNG and PDF")
-    p.set_defaults(func=cmd_plot)
-    for q in (t, p):
-        q.add_argument("--suite", action="append", required=True,
-                       help="suite file or name in benchmarks/ (repeatable)")  # fmt: skip
-        q.add_argument("--published", nargs="?", const="suite", choices=("suite", "all"),
-                       help="add rows quoted from papers under the same protocol: of the "
-                       "suite's methods (default) or all")  # fmt: skip
-        q.add_argument("--published-dir", default="results/published", help="published rows")
-        q.add_argument("--runs", default="results/runs", help="runs folder (bench --out)")
-        q.add_argument("--out", default="results/tables", help="output folder")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cxrbench",
@@ -344,7 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    ls = sub.add_parser("ls", help="list registered methods, tasks, datasets, presets")
+    ls = sub.add_parser(
+        "ls", help="list methods, tasks, datasets, presets (--preset) and synth-presets"
+    )
     ls.add_argument("what", nargs="?", choices=LISTABLE, help="one kind, one name per line")
     ls.set_defaults(func=cmd_ls)
 
@@ -359,19 +306,19 @@ def build_parser() -> argparse.ArgumentParser:
     synth.set_defaults(func=cmd_data_synth)
 
     splits = dsub.add_parser("splits", help="make (or check) the stored train/val/test splits")
-    splits.add_argument("--dataset", required=True, choices=DATASET_KEYS)
-    splits.add_argument("--root", required=True, help="the dataset's own folder")
+    splits.add_argument("--dataset", required=True, choices=_dataset_keys())
+    _data_root_flag(splits, "a data root holding the dataset's folder, or that folder")
     splits.add_argument("--force", action="store_true", help="remake even if stored splits exist")
     splits.set_defaults(func=cmd_data_splits)
 
     inspect = dsub.add_parser("inspect", help="summarise a dataset folder as JSON, list problems")
-    inspect.add_argument("--dataset", required=True, choices=DATASET_KEYS)
-    inspect.add_argument("--root", required=True, help="the dataset's own folder")
+    inspect.add_argument("--dataset", required=True, choices=_dataset_keys())
+    _data_root_flag(inspect, "a data root holding the dataset's folder, or that folder")
     inspect.set_defaults(func=cmd_data_inspect)
     _add_pretrain(sub)
     _add_bench(sub)
-    _add_leaderboard(sub)
-    _add_report(sub)
+    add_leaderboard(sub)
+    add_report(sub)
     return parser
 
 

@@ -9,6 +9,7 @@ registry name from the validated values.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
@@ -72,6 +73,16 @@ def packaged_config(kind: str, name: str) -> Path:
     return path
 
 
+def packaged_names(kind: str) -> list[str]:
+    """Names of the configs of ``kind`` shipped inside the package (``trainer``: the presets)."""
+    if kind not in CONFIG_KINDS:
+        raise ValueError(f"config kind must be one of {CONFIG_KINDS}, got {kind!r}")
+    folder = resources.files("cxrbench") / "configs" / kind
+    order = {"tiny": 0, "small": 1}  # presets from small to large, then by name
+    names = [p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")]
+    return sorted(names, key=lambda n: (order.get(n, 2), n))
+
+
 def build(schema: type[T], layers: Iterable[Layer]) -> T:
     """Merge ``layers`` in order onto ``schema`` and return a validated instance of it.
 
@@ -85,7 +96,7 @@ def build(schema: type[T], layers: Iterable[Layer]) -> T:
         try:
             merged = OmegaConf.merge(merged, layer.values)  # type: ignore[assignment]
         except OmegaConfBaseException as exc:
-            raise _as_config_error(exc, layer.source) from None
+            raise _as_config_error(exc, layer, merged) from None
         for key in _required_keys(layer.values):
             OmegaConf.update(merged, key, "???", merge=False)
             required_by[key] = layer.source
@@ -114,13 +125,54 @@ def _required_keys(node: DictConfig, prefix: str = "") -> list[str]:
     return keys
 
 
-def _as_config_error(exc: OmegaConfBaseException, source: str) -> ConfigError:
+def _as_config_error(
+    exc: OmegaConfBaseException, layer: Layer, merged: DictConfig | None = None
+) -> ConfigError:
+    """The error of merging ``layer``: its file, the dotted key, the value it gave and, for an
+    unknown key, the closest known keys of ``merged`` (did you mean)."""
     key = getattr(exc, "full_key", None) or None
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     lowered = text.lower()
     if "not in struct" in lowered or ("key '" in lowered and "not" in lowered):
         text = "unknown key"
-    return ConfigError(source, key, text)
+        if key is not None:
+            value = OmegaConf.select(layer.values, key, default=None, throw_on_missing=False)
+            if value is not None and not isinstance(value, DictConfig | ListConfig):
+                text += f" (value {value!r})"
+            if merged is not None:
+                text += _did_you_mean(key, merged)
+    return ConfigError(layer.source, key, text)
+
+
+def _did_you_mean(key: str, merged: DictConfig) -> str:
+    """``; did you mean 'a' or 'b'?`` from the keys of the schema, or nothing: keys close to the
+    whole dotted key, then keys whose last part is close to its last part."""
+    leaves, sections = _dotted_keys(merged)
+    known = leaves if "." in key else leaves + sections
+    near = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+    by_leaf: dict[str, list[str]] = {}
+    for k in leaves:
+        by_leaf.setdefault(k.rsplit(".", 1)[-1], []).append(k)
+    for leaf in difflib.get_close_matches(key.rsplit(".", 1)[-1], list(by_leaf), n=3, cutoff=0.75):
+        near += [k for k in by_leaf[leaf] if k not in near]
+    if not near:
+        return ""
+    return "; did you mean " + " or ".join(f"'{k}'" for k in near[:3]) + "?"
+
+
+def _dotted_keys(node: DictConfig, prefix: str = "") -> tuple[list[str], list[str]]:
+    """The dotted keys of ``node``: (leaves, sections)."""
+    leaves, sections = [], []
+    for name in node:
+        path = f"{prefix}{name!s}"
+        child = node._get_node(name)
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+            below, inner = _dotted_keys(child, f"{path}.")
+            leaves += below
+            sections += [path, *inner]
+        else:
+            leaves.append(path)
+    return leaves, sections
 
 
 def to_plain(obj: Any) -> Any:

@@ -40,7 +40,7 @@ def test_task_feeds_its_system_at_every_fraction(
     from cxrbench.data.features import FeatureCache
     from cxrbench.models.artifact import load_encoder
     from cxrbench.models.backbones import freeze
-    from cxrbench.runner.transfer import load_task
+    from cxrbench.runner.resolve import load_task
     from cxrbench.systems import SYSTEMS
 
     job = load_task(name, "tiny", ["train.workers=0", "trainer.progress=false"])

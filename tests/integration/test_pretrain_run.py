@@ -9,7 +9,8 @@ import torch
 from cxrbench.cli import main
 from cxrbench.errors import CxrbenchError, DataFormatError
 from cxrbench.models.artifact import read_meta
-from cxrbench.runner.pretrain import load_config, run_pretrain
+from cxrbench.runner.pretrain import run_pretrain
+from cxrbench.runner.resolve import load_config
 from cxrbench.systems.pretrain import PretrainSystem
 
 

@@ -21,6 +21,9 @@ class Schema:
     tags: list[str] = field(default_factory=list)
 
 
+RSNA_TINY = "6af6d5114a5f98e0"  # rsna_cls, tiny preset, 100% labels
+
+
 def test_layers_merge_in_order(tmp_path) -> None:
     base = tmp_path / "base.yaml"
     base.write_text("epochs: 5\noptim:\n  lr: 0.01\n")
@@ -86,3 +89,13 @@ def test_a_layers_required_marker_overrides_the_value_below(tmp_path) -> None:
     assert "required value is missing" in str(info.value)
     cfg = build(Schema, [*layers, parse_overrides(["optim.name=lamb"])])
     assert cfg.optim.name == "lamb"
+
+
+def test_run_identities_survive_the_move_to_resolve() -> None:
+    """Config hashes computed before the resolution step moved (and trainer.channels_last was
+    removed) are unchanged: finished runs and leaderboard entries keep their identity."""
+    from cxrbench.runner.resolve import load_config, load_task
+
+    assert load_config("convirt", "tiny").config_hash == "ddab33471bdebe88"
+    assert load_config("mgca", "small").config_hash == "250df4a8f2e8ec04"
+    assert load_task("rsna_cls", "tiny", [], 1.0).config_hash == RSNA_TINY

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from cxrbench.data.pretrain import PairDataset, collate, load_pairs
-from cxrbench.runner.pretrain import build_method, load_config
+from cxrbench.runner.pretrain import build_method
+from cxrbench.runner.resolve import load_config
 
 
 def test_convirt_learns_a_repeated_batch(pairs_corpus, text_model) -> None:

@@ -250,7 +250,7 @@ def test_a_val_split_without_boxes_names_the_split(tmp_path) -> None:
 
 @pytest.mark.parametrize("name", ["rsna_det", "objectcxr_det"])
 def test_task_batches_on_synth_tiny(synth_tiny, tmp_path, name: str) -> None:
-    from cxrbench.runner.transfer import load_task
+    from cxrbench.runner.resolve import load_task
     from cxrbench.systems.detection import DetectionSystem as System
 
     job = load_task(name, "tiny")
@@ -279,7 +279,8 @@ def test_task_batches_on_synth_tiny(synth_tiny, tmp_path, name: str) -> None:
 def test_run_transfer_objectcxr_det_end_to_end(synth_tiny, tmp_path) -> None:
     from cxrbench.models.artifact import export_encoder
     from cxrbench.report.store import read_record
-    from cxrbench.runner.transfer import load_task, run_transfer
+    from cxrbench.runner.resolve import load_task
+    from cxrbench.runner.transfer import run_transfer
 
     torch.manual_seed(0)
     artifact = export_encoder(

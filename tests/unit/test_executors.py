@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,17 +20,9 @@ from cxrbench.report.store import write_record
 from cxrbench.runner import execute
 from cxrbench.runner.bench import dry_run, submit_bench
 from cxrbench.runner.executors import Requeueable, SubmititBackend, submit_plan
-from cxrbench.runner.plan import (
-    Resources,
-    Suite,
-    load_suite,
-    make_plan,
-    pretrain_dir,
-    pretrain_overrides,
-    transfer_dir,
-)
-from cxrbench.runner.pretrain import load_config
-from cxrbench.runner.transfer import load_task
+from cxrbench.runner.plan import make_plan, pretrain_dir, transfer_dir
+from cxrbench.runner.resolve import PretrainJob, load_config, load_task, pretrain_overrides, resolve
+from cxrbench.suite import Resources, Suite, load_suite
 
 
 class RecordingBackend(SubmititBackend):
@@ -89,25 +82,31 @@ def test_slurm_arrays_dependencies_resources_and_ddp(tmp_path) -> None:
     _finish_pretrain(GRID, "random_init", out)  # finished: no job, its arrays wait for nothing
     _finish_transfer(GRID, out, "convirt")  # finished: left out of its array
     backend = RecordingBackend(tmp_path / "slurm")
-    sub = submit_plan(make_plan(GRID), Path("/nonexistent"), out, tmp_path / "cache",
-                      backend=backend)  # fmt: skip
+    sub = submit_plan(resolve(GRID, out, progress=False), backend=backend)
     pre = [s for s in backend.submissions if s[0].fn is execute.pretrain_job]
     arrays = [s for s in backend.submissions if s[0].fn is execute.transfer_job]
     assert len(pre) == 1 and len(arrays) == 4 and backend.submissions[0] is pre[0]
-    _, [(spec, suite, *_)], params, [convirt_job] = pre[0]
-    assert spec.method == "convirt" and list(sub.pretrain) == ["convirt/pretrain/s0"]
+    _, [(job,)], params, [convirt_job] = pre[0]
+    assert job.method == "convirt" and list(sub.pretrain) == ["convirt/pretrain/s0"]
     assert params["gpus_per_node"] == 2 and params["tasks_per_node"] == 2  # one task per GPU
     assert (params["cpus_per_task"], params["timeout_min"], params["nodes"]) == (6, 600, 1)
     assert "slurm_dependency" not in params
-    cfg = load_config("convirt", "tiny", pretrain_overrides(suite, spec)).cfg
+    assert isinstance(job.config, PretrainJob)
+    cfg = job.config.cfg  # the job carries its resolved config: nothing is merged on the node
     assert (cfg.trainer.devices, cfg.trainer.num_nodes, cfg.trainer.strategy) == (2, 1, "ddp")
     assert cfg.trainer.progress is False  # no progress bars in SLURM logs
+    spec = make_plan(GRID).pretrain[1]
+    assert (
+        job.config_hash
+        == load_config("convirt", "tiny", pretrain_overrides(GRID, spec)).config_hash
+    )
     by_label = {s[2]["name"]: s for s in arrays}
     for method in ("random_init", "convirt"):
         for kind, task in (("classification", "rsna_cls"), ("segmentation", "siim_seg")):
             _, calls, params, jobs = by_label[f"cxrbench-grid-{method}-pretrain-s0-{kind}"]
             specs = [c[0] for c in calls]
             assert {(t.method, t.task) for t in specs} == {(method, task)}
+            assert all(t.depends_on == f"{method}/pretrain/s0" for t in specs)
             expected = 3 if (method, kind) == ("convirt", "classification") else 4
             assert len(jobs) == len(specs) == expected
             assert params["tasks_per_node"] == 1 and params["gpus_per_node"] == 1
@@ -122,7 +121,8 @@ def test_slurm_arrays_dependencies_resources_and_ddp(tmp_path) -> None:
     fn, calls, _, _ = arrays[0]
     restored_fn, restored_args = pickle.loads(pickle.dumps((fn, calls[0])))
     assert isinstance(restored_fn, Requeueable) and restored_fn.fn is execute.transfer_job
-    assert restored_args[0] == calls[0][0]
+    assert restored_args[0].key == calls[0][0].key
+    assert restored_args[0].config_hash == calls[0][0].config_hash
 
 
 def test_force_resubmits_finished_runs_and_a_stale_encoder_stops_everything(tmp_path) -> None:
@@ -130,16 +130,14 @@ def test_force_resubmits_finished_runs_and_a_stale_encoder_stops_everything(tmp_
     _finish_pretrain(GRID, "random_init", out)
     _finish_transfer(GRID, out, "convirt")
     backend = RecordingBackend(tmp_path / "slurm")
-    sub = submit_plan(make_plan(GRID), Path("/nonexistent"), out, tmp_path / "cache", force=True,
-                      backend=backend)  # fmt: skip
+    sub = submit_plan(resolve(GRID, out, force=True), force=True, backend=backend)
     assert (len(sub.transfer), sub.finished) == (16, [])
     assert not list(out.rglob("result.json"))  # deleted before submitting: requeues resume
     spec = make_plan(GRID).pretrain[0]  # random_init's finished encoder, made with other config
     (pretrain_dir(GRID, spec, out) / "config.yaml").write_text("config_hash: stale\n")
     backend = RecordingBackend(tmp_path / "slurm")
-    with pytest.raises(CxrbenchError, match=r"nothing submitted.*config hash stale"):
-        submit_plan(make_plan(GRID), Path("/nonexistent"), out, tmp_path / "cache",
-                    backend=backend)  # fmt: skip
+    with pytest.raises(CxrbenchError, match=r"nothing submitted(.|\n)*config hash stale"):
+        submit_plan(resolve(GRID, out), backend=backend)
     assert backend.submissions == []
 
 
@@ -218,9 +216,9 @@ def test_dry_run_of_the_mgca_protocol_suite_needs_no_data(capsys) -> None:
     from cxrbench.cli import main
 
     args = ["bench", "--suite", "benchmarks/mgca_protocol.yaml", "--data-root", "/nonexistent"]
-    assert main([*args, "--executor", "slurm", "--dry-run"]) == 0
+    assert main([*args, "--executor", "slurm", "--dry-run"]) == 2  # problems: exit non-zero
     text = capsys.readouterr().out  # the paper preset requires the text model: a problem
-    assert "problems (the run would stop on these before the first job)" in text
+    assert re.search(r"problems \(\d+; the suite does not start until they are fixed\)", text)
     assert "mgca/pretrain/s0: " in text and "key 'text.model': required value is missing" in text
     assert "random_init/pretrain/s0: " not in text.split("problems")[1]  # it needs no text model
     args += ["--pretrain-set", "text.model=/models/Bio_ClinicalBERT"]
@@ -273,3 +271,33 @@ def test_a_run_slowed_by_a_shared_machine_does_not_move_the_estimate() -> None:
 
     hours, why = _from_runs([72.0, 7200.0, 72.0], "finished runs")  # one ran beside ten others
     assert hours == 0.02 and why == "measured: median of 3 finished runs"
+
+
+def test_a_failed_job_leaves_its_traceback_and_is_logged_once(
+    tmp_path, monkeypatch, caplog
+) -> None:
+    """error.txt in the run folder (traceback, config hash, command); one log line per failure,
+    naming that file; the transfers of a failed encoder are skipped with the reason."""
+
+    def broken(job, data_root, run_dir):
+        raise RuntimeError("the GPU caught fire")
+
+    monkeypatch.setattr(execute, "run_pretrain", broken)
+    suite = Suite(name="fail", preset="tiny", data_root="/nonexistent", methods=["random_init"],
+                  tasks=["rsna_cls"], fractions=[1.0], seeds=[42, 0])  # fmt: skip
+    plan = resolve(suite, tmp_path / "runs", command="cxrbench bench --name fail")
+    outcome = execute.execute(plan)
+    [pretrain] = plan.pretrain
+    error = pretrain.run_dir / "error.txt"
+    text = error.read_text()
+    assert "RuntimeError: the GPU caught fire" in text and "Traceback" in text
+    assert f"config hash: {pretrain.config_hash}" in text
+    assert "command: cxrbench bench --name fail" in text
+    assert [k for k, _ in outcome.failures] == [j.key for j in plan.jobs]
+    assert str(error) in outcome.failures[0][1]
+    assert all("its encoder random_init/pretrain/s0 failed" in r for _, r in outcome.failures[1:])
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(logged) == 1 and str(error) in logged[0]
+    monkeypatch.setattr(execute, "run_pretrain", lambda job, root, run_dir: run_dir / "encoder")
+    execute.pretrain_job(pretrain)  # a later attempt that succeeds removes the stale report
+    assert not error.exists()

@@ -186,7 +186,8 @@ def test_ddp_local_loss_equals_single_process() -> None:
 
 
 def test_sentence_sampling(text_model) -> None:
-    from cxrbench.runner.pretrain import build_method, load_config
+    from cxrbench.runner.pretrain import build_method
+    from cxrbench.runner.resolve import load_config
 
     sets = [f"text.model={text_model}", "text.max_length=32", "params.sentence_sampling=true"]
     method = build_method(load_config("gloria", "tiny", sets), text_model)
@@ -206,7 +207,8 @@ def test_sentence_sampling(text_model) -> None:
 
 def test_gloria_learns_a_repeated_batch(pairs_corpus, text_model) -> None:
     from cxrbench.data.pretrain import PairDataset, collate, load_pairs
-    from cxrbench.runner.pretrain import build_method, load_config
+    from cxrbench.runner.pretrain import build_method
+    from cxrbench.runner.resolve import load_config
 
     job = load_config("gloria", "tiny", [f"text.model={text_model}", "text.max_length=32"])
     torch.manual_seed(0)

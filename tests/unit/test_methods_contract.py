@@ -14,7 +14,8 @@ import torchvision
 from cxrbench.data.pretrain import PairDataset, collate, load_pairs
 from cxrbench.methods import METHODS
 from cxrbench.models.artifact import load_encoder
-from cxrbench.runner.pretrain import build_method, load_config, run_pretrain
+from cxrbench.runner.pretrain import build_method, run_pretrain
+from cxrbench.runner.resolve import load_config
 
 METHOD_NAMES = METHODS.names()
 

@@ -10,7 +10,8 @@ from cxrbench.data.pretrain import PairDataset, collate, load_pairs
 from cxrbench.errors import ConfigError
 from cxrbench.losses.geometry import alignment_loss, orthogonality_loss
 from cxrbench.methods.mflag import MFLAG, TextFeatureCache, trainable_parameters
-from cxrbench.runner.pretrain import build_method, load_config
+from cxrbench.runner.pretrain import build_method
+from cxrbench.runner.resolve import load_config
 
 # ----------------------------------------------------------------------------- losses
 

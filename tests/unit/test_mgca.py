@@ -204,7 +204,8 @@ def mgca_batch(pairs_corpus):
 
 
 def _method(text_model, *sets: str):
-    from cxrbench.runner.pretrain import build_method, load_config
+    from cxrbench.runner.pretrain import build_method
+    from cxrbench.runner.resolve import load_config
 
     job = load_config("mgca", "tiny", [f"text.model={text_model}", "text.max_length=32", *sets])
     torch.manual_seed(0)

@@ -269,7 +269,8 @@ def mpma_batch(pairs_corpus):
 
 
 def _method(text_model, *sets: str, vit: bool = True):
-    from cxrbench.runner.pretrain import build_method, load_config
+    from cxrbench.runner.pretrain import build_method
+    from cxrbench.runner.resolve import load_config
 
     sets = (f"text.model={text_model}", "text.max_length=32", *sets)
     job = load_config("mpma", "tiny", [*sets, "backbone.name=vit_tiny"] if vit else list(sets))

@@ -13,7 +13,8 @@ from cxrbench.errors import ConfigError
 from cxrbench.report.schema import ResultRecord
 from cxrbench.report.suites import planned_grid, planned_runs, spread_words
 from cxrbench.runner.bench import suite_from_args
-from cxrbench.runner.plan import Suite, load_suite, make_plan, pretrain_dir, transfer_dir
+from cxrbench.runner.plan import make_plan, pretrain_dir, transfer_dir
+from cxrbench.suite import Suite, load_suite
 
 
 def test_each_pretraining_seed_has_its_encoder_and_transfers(tmp_path) -> None:

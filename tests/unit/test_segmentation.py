@@ -297,7 +297,7 @@ def test_frozen_encoder_does_not_change_and_stays_in_eval_mode() -> None:
 def test_siim_seg_on_synth_tiny(synth_tiny: Path) -> None:
     from cxrbench.data.codecs import image_size
     from cxrbench.data.splits import make_splits
-    from cxrbench.runner.transfer import load_task
+    from cxrbench.runner.resolve import load_task
     from cxrbench.tasks import TASKS
 
     cls = TASKS.get("siim_seg")
@@ -338,7 +338,8 @@ def test_rsna_seg_end_to_end_on_synth_tiny(synth_tiny: Path, tmp_path: Path) -> 
 
     from cxrbench.data.features import FeatureCache
     from cxrbench.models.artifact import export_encoder
-    from cxrbench.runner.transfer import load_task, run_transfer
+    from cxrbench.runner.resolve import load_task
+    from cxrbench.runner.transfer import run_transfer
 
     torch.manual_seed(0)
     artifact = export_encoder(build_backbone("tiny", image_size=64), tmp_path / "enc",

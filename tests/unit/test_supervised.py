@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from cxrbench.data.pretrain import collate
-from cxrbench.runner.pretrain import build_method, load_config
+from cxrbench.runner.pretrain import build_method
+from cxrbench.runner.resolve import load_config
 
 
 def test_supervised_fits_a_repeated_batch(synth_tiny) -> None:

@@ -34,7 +34,7 @@ from cxrbench.report.tables import (
     render,
     tex_escape,
 )
-from cxrbench.runner.plan import Suite
+from cxrbench.suite import Suite
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 UPDATE = os.environ.get("CXRBENCH_UPDATE_GOLDEN") == "1"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from cxrbench.errors import CxrbenchError
-from cxrbench.runner.transfer import load_task
+from cxrbench.runner.resolve import load_task
 
 
 def test_fraction_entry_applies_only_at_its_fraction() -> None:

@@ -16,7 +16,8 @@ from cxrbench.errors import DataFormatError
 
 @dataclass
 class DataRoots:
-    """Per-dataset folder overrides (``None``: ``<data root>/<folder>``)."""
+    """Per-dataset folder overrides (``None``: ``<data root>/<folder>``); one field per entry of
+    :data:`cxrbench.data.formats.DATASETS`, in its order (a test holds them together)."""
 
     mimic: str | None = None
     chexpert: str | None = None

@@ -83,7 +83,6 @@ class TrainerSpec:
     log_every: int = 10
     val_every: int = 1  # validate every N epochs
     deterministic: bool = False
-    channels_last: bool = False
     progress: bool = True
     checkpoint_every: int = 0  # also save last.ckpt every N steps (0: at epoch ends only)
 

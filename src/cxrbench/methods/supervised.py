@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from cxrbench.data.codecs import read_image
+from cxrbench.data.formats import DATASETS as ALL_DATASETS
 from cxrbench.data.labels import image_labels
 from cxrbench.data.roots import dataset_folder
 from cxrbench.data.splits import make_splits
@@ -27,7 +28,7 @@ from cxrbench.errors import ConfigError
 from cxrbench.methods import METHODS
 from cxrbench.methods.base import PretrainMethod
 
-DATASETS = ("chexpert", "rsna", "siim", "objectcxr", "covidx")
+DATASETS = tuple(d for d in ALL_DATASETS if d != "mimic")  # those with image labels
 
 
 @dataclass

@@ -29,11 +29,11 @@ from cxrbench.models.backbones import (
     build_backbone,
     load_state_dict_strict,
 )
+from cxrbench.runs import META_FILE as META_FILE
 from cxrbench.utils.io import atomic_write_bytes, atomic_write_text, sha256_file
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "encoder.safetensors"
-META_FILE = "encoder.json"
 REQUIRED_KEYS = (
     "format_version",
     "backbone",

@@ -28,7 +28,7 @@ from cxrbench.utils.io import atomic_write_bytes
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from cxrbench.runner.plan import Suite
+    from cxrbench.suite import Suite
 
 DPI = 200
 PANEL = (4.2, 3.3)  # inches per task panel

@@ -29,7 +29,7 @@ class ResultRecord:
     encoder_sha256: str
     split_hash: str
     data_fingerprint: str
-    probe_mode: str  # "cached" (frozen features) or "augment" (MGCA-exact, images each epoch)
+    probe_mode: str  # tasks.base.probe_mode: finetune, augment, cached (frozen features), frozen
     wall_seconds: float
     device: str
     created: str

@@ -7,9 +7,8 @@ from pathlib import Path
 
 from cxrbench.errors import CxrbenchError
 from cxrbench.report.schema import ResultRecord
+from cxrbench.runs import RESULT_FILE as RESULT_FILE
 from cxrbench.utils.io import atomic_write_text
-
-RESULT_FILE = "result.json"
 
 
 def write_record(path: Path, record: ResultRecord) -> None:

@@ -16,13 +16,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cxrbench.errors import ConfigError, CxrbenchError
+from cxrbench.errors import CxrbenchError
 from cxrbench.report.schema import ResultRecord
 from cxrbench.report.store import collect
+from cxrbench.suite import Suite, load_suite_arg
 
 if TYPE_CHECKING:
     from cxrbench.report.published import PublishedRow
-    from cxrbench.runner.plan import Suite
 
 log = logging.getLogger(__name__)
 
@@ -30,18 +30,6 @@ Grid = frozenset[tuple[str, str, float, int]]  # (method, task, fraction, seed) 
 TASK_PROTOCOL = {1: "mgca"}  # task version → protocol family (PROTOCOLS.md §1)
 PAPER_SCALE = {"auroc": 100.0, "accuracy": 100.0, "dice": 100.0, "map": 100.0}
 METRIC_NAMES = {"auroc": "AUROC", "accuracy": "ACC", "dice": "Dice", "map": "mAP"}
-
-
-def load_suite_arg(text: str) -> Suite:
-    """``--suite``: a suite file, or the name of one in ``benchmarks/``."""
-    from cxrbench.runner.plan import load_suite
-
-    path = Path(text)
-    if not path.is_file() and not text.endswith(".yaml"):
-        path = Path("benchmarks") / f"{text}.yaml"
-    if not path.is_file():
-        raise ConfigError(text, None, f"no suite file {text!r} (nor benchmarks/{text}.yaml)")
-    return load_suite(path)
 
 
 def suite_grid(suite: Suite) -> Grid:

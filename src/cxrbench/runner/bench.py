@@ -1,11 +1,13 @@
-"""``cxrbench bench``: suite (file or flags) → data → plan → execute → table.
+"""``cxrbench bench``: suite (file or flags) → resolved plan → data → jobs → records → table.
 
-The executor is ``local`` (:func:`run_bench`: every job in order on this machine) or ``slurm``
-(:func:`submit_bench`: the jobs submitted through submitit, ``executors.py``); :func:`dry_run`
-prints the plan and its estimated cost without running anything or reading the data. A job's
-estimate is, in this order: the mean wall time of finished runs under ``--out`` (pre-trainings of
-the same method and preset, transfers with the same task, fraction and config hash), the suite's
-``estimates:``, or :data:`DEFAULT_HOURS` (each entry says where it was measured).
+The suite is resolved first (:func:`~cxrbench.runner.resolve.resolve`): with a problem nothing
+is generated, submitted or run. The executor is then ``local`` (:func:`run_bench`: every job in
+order on this machine) or ``slurm`` (:func:`submit_bench`: the jobs submitted through submitit,
+``executors.py``); :func:`dry_run` prints the plan and its estimated cost without running anything
+or reading the data. A job's estimate is, in this order: the median wall time of finished runs
+under ``--out`` (pre-trainings of the method and preset, transfers with the same config hash), the
+suite's ``estimates:``, or :data:`DEFAULT_HOURS` (each entry says where it was measured). The
+table is written by :mod:`cxrbench.report.tables`, the one writer of ``tables/<suite>.md``.
 """
 
 from __future__ import annotations
@@ -16,28 +18,32 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cxrbench.errors import ConfigError, CxrbenchError
+from cxrbench.errors import CxrbenchError
 from cxrbench.runner.execute import Outcome, execute
-from cxrbench.runner.plan import Suite, check, load_suite, make_plan, normalized
+from cxrbench.runner.plan import make_plan
+from cxrbench.runner.resolve import SYNTH_PRESETS, Job, ResolvedPlan, resolve
+from cxrbench.suite import Suite, check, grid_name, load_suite, normalized
 
 if TYPE_CHECKING:
-    from cxrbench.runner.executors import Submission, SubmititBackend
+    from cxrbench.runner.executors import JobGroup, Submission, SubmititBackend
 
 log = logging.getLogger(__name__)
-SYNTH_PRESETS = {"tiny": "tiny", "small": "small"}
+GRID_FLAGS = (
+    ("method", "methods"),
+    ("task", "tasks"),
+    ("fraction", "fractions"),
+    ("seed", "seeds"),
+)
 
 
 def suite_from_args(args: Any) -> Suite:
-    """The suite file if given, then flags replace its grid (each flag is repeatable)."""
+    """The suite file if given, then flags replace its grid (each flag is repeatable). A suite
+    made from flags, or a suite file whose grid or preset the flags change, is named after its
+    grid (:func:`~cxrbench.suite.grid_name`) unless ``--name`` says otherwise: it never shares
+    the suite file's folder. ``--pretrain-seed`` adds seeds to the same grid and keeps the name."""
     suite = load_suite(Path(args.suite)) if args.suite else Suite()
     changes: dict[str, Any] = {}
-    for flag, key in (
-        ("method", "methods"),
-        ("task", "tasks"),
-        ("fraction", "fractions"),
-        ("seed", "seeds"),
-        ("pretrain_seed", "pretrain_seeds"),
-    ):
+    for flag, key in (*GRID_FLAGS, ("pretrain_seed", "pretrain_seeds")):
         values = getattr(args, flag, None)
         if values:
             changes[key] = [resolve_task(v) for v in values] if flag == "task" else list(values)
@@ -49,29 +55,32 @@ def suite_from_args(args: Any) -> Suite:
     changes["transfer_overrides"] = [*suite.transfer_overrides, *(args.set or []), *quiet]
     pretrain_sets = getattr(args, "pretrain_set", None) or []
     changes["pretrain_overrides"] = [*suite.pretrain_overrides, *pretrain_sets, *quiet]
+    changed = [k for k in ("methods", "tasks", "fractions", "seeds", "preset")
+               if k in changes and changes[k] != getattr(suite, k)]  # fmt: skip
     suite = normalized(replace(suite, **changes), "command line")
-    if not args.suite and (args.method or args.task):
-        suite = replace(suite, name=f"{suite.preset}")
     check(suite, "command line")
+    name = getattr(args, "name", None)
+    if name:
+        suite = replace(suite, name=name)
+    elif not args.suite or changed:
+        suite = replace(suite, name=grid_name(suite))
     return suite
 
 
-def data_root_path(suite: Suite) -> Path:
-    """The suite's data root (the SynthCXR corpus of a synthetic preset); nothing is read."""
-    if suite.data_root:
-        return Path(suite.data_root)
-    if suite.preset not in SYNTH_PRESETS:
-        raise ConfigError(
-            "command line",
-            "data_root",
-            f"preset {suite.preset!r} runs on real data: pass --data-root",
-        )
-    return Path("datasets") / f"synth-{suite.preset}"
+def command_line() -> str:
+    return "cxrbench " + " ".join(sys.argv[1:]) if len(sys.argv) > 1 else "cxrbench bench"
 
 
-def data_root_for(suite: Suite, progress: bool) -> Path:
-    """The suite's data root; the SynthCXR corpus of the preset is generated when missing."""
-    root = data_root_path(suite)
+def resolve_bench(
+    suite: Suite, out: Path, force: bool = False, progress: bool = True
+) -> ResolvedPlan:
+    """The suite's resolved plan (caches under ``<out>/../cache``)."""
+    return resolve(suite, Path(out), force=force, progress=progress, command=command_line())
+
+
+def data_root_for(plan: ResolvedPlan, progress: bool) -> Path:
+    """The plan's data root; the SynthCXR corpus of the preset is generated when missing."""
+    root, suite = plan.data_root, plan.suite
     if suite.data_root:
         return root
     if not (root / "mimic-cxr-jpg" / "mimic-cxr-2.0.0-split.csv.gz").is_file():
@@ -83,23 +92,17 @@ def data_root_for(suite: Suite, progress: bool) -> Path:
 
 
 def run_bench(suite: Suite, out: Path, force: bool = False, progress: bool = True) -> Outcome:
-    data_root = data_root_for(suite, progress)
-    plan = make_plan(suite)
-    log.info(
-        "suite %s: %d encoders, %d transfer runs on %s",
-        suite.name,
-        len(plan.pretrain),
-        len(plan.transfer),
-        data_root,
-    )
-    outcome = execute(plan, data_root, out, out.parent / "cache" / "features", force)
-    log_failures(outcome)
+    """Resolve (a problem stops here), make the data if needed, run every job here."""
+    plan = resolve_bench(suite, out, force)
+    plan.check()
+    data_root = data_root_for(plan, progress)
+    log.info("suite %s: %d encoders, %d transfer runs on %s", suite.name, len(plan.pretrain),
+             len(plan.transfer), data_root)  # fmt: skip
+    outcome = execute(plan, force)
+    if outcome.failures:
+        log.error("%d of %d jobs failed (each logged above; see error.txt in its run folder)",
+                  len(outcome.failures), len(plan.jobs))  # fmt: skip
     return outcome
-
-
-def log_failures(outcome: Outcome) -> None:
-    for key, reason in outcome.failures:
-        log.error("FAILED %s: %s", key, reason)
 
 
 def submit_bench(
@@ -112,24 +115,17 @@ def submit_bench(
     """Submit the suite's unfinished jobs to SLURM (``backend``: another submitit cluster)."""
     from cxrbench.runner.executors import submit_plan
 
-    data_root = data_root_for(suite, progress)  # a SynthCXR corpus is made before submitting
-    return submit_plan(make_plan(suite), data_root, out, out.parent / "cache" / "features",
-                       force, backend)  # fmt: skip
+    plan = resolve_bench(suite, out, force, progress=False)  # no progress bars in SLURM logs
+    plan.check("nothing submitted")
+    data_root_for(plan, progress)  # a SynthCXR corpus is made before submitting
+    return submit_plan(plan, force, backend)
 
 
-def table_for(suite: Suite, outcome: Outcome, tables_dir: Path) -> str:
-    from cxrbench.report.aggregate import aggregate
-    from cxrbench.report.suites import planned_runs, spread_words
-    from cxrbench.report.tables import markdown_table, write_table
+def table_for(suite: Suite, out: Path, tables_dir: Path) -> str:
+    """The suite's table, written by the report module (``tables/<suite>.md``), as text."""
+    from cxrbench.report.tables import write_suite_tables
 
-    cells = aggregate(outcome.records, planned_seeds=planned_runs(suite))
-    title = (
-        f"{suite.name}: {', '.join(suite.tasks)} · preset {suite.preset} · "
-        f"{spread_words(suite, outcome.records)}"
-    )
-    text = markdown_table(cells, title=title, method_order=suite.methods)
-    command = "cxrbench " + " ".join(sys.argv[1:]) if sys.argv else "cxrbench bench"
-    write_table(text, tables_dir / f"{suite.name}.md", command)
+    [(_, text)] = write_suite_tables(suite, Path(out), tables_dir, ["md"], command=command_line())
     return text
 
 
@@ -186,8 +182,8 @@ def _measured(out: Path) -> tuple[dict, dict]:
     transfers by (task, fraction, config hash)."""
     import json
 
-    from cxrbench.models.artifact import META_FILE
     from cxrbench.report.store import read_record
+    from cxrbench.runs import META_FILE, RESULT_FILE
 
     pretrain: dict[tuple, list[float]] = {}
     for path in out.rglob(META_FILE) if out.is_dir() else []:
@@ -200,7 +196,7 @@ def _measured(out: Path) -> tuple[dict, dict]:
             key = (meta.get("method"), extra["preset"])
             pretrain.setdefault(key, []).append(float(extra["wall_seconds"]))
     transfer: dict[tuple, list[float]] = {}
-    for path in out.rglob("result.json") if out.is_dir() else []:
+    for path in out.rglob(RESULT_FILE) if out.is_dir() else []:
         try:
             r = read_record(path)
         except CxrbenchError:
@@ -258,21 +254,27 @@ def _request(group: Any) -> str:
     return f"{r.nodes} node × {gpus}{ddp}, {cpus} CPU, {r.mem_gb:g} GB, {r.timeout_min} min{part}"
 
 
-def dry_run(suite: Suite, out: Path, executor: str = "local", force: bool = False) -> str:
-    """The plan as text: every job, what is finished (and skipped), the requests and the
-    estimated cost of what would run. Reads configs and finished runs, never the data."""
-    from cxrbench.runner.executors import auto_text_jobs, config_problems, group_jobs
+def dry_run(
+    suite: Suite,
+    out: Path,
+    executor: str = "local",
+    force: bool = False,
+    plan: ResolvedPlan | None = None,
+) -> str:
+    """The plan as text: every job, what is finished (and skipped), the requests, the estimated
+    cost of what would run and every problem that stops it. Reads configs and finished runs,
+    never the data. ``plan``: the suite resolved already."""
+    from cxrbench.runner.executors import auto_text_jobs, group_jobs
 
-    plan = make_plan(suite)
     out = Path(out)
-    problems = config_problems(plan, out)
-    costing = _Costing(suite, executor, *_measured(out), _transfer_hashes(suite))
+    plan = plan or resolve_bench(suite, out, force)
+    costing = _Costing(suite, executor, *_measured(out))
     lines = [
         f"dry run of suite {suite.name} (preset {suite.preset}, executor {executor}): "
         f"nothing is run",
-        f"data root {data_root_path(suite)} (not read); runs under {out / suite.name}",
+        f"data root {plan.data_root} (not read); runs under {out / suite.name}",
     ]
-    groups = group_jobs(plan, out, force)
+    groups = group_jobs(plan, force)
     lines += costing.stage_lines("pretrain", groups) + costing.stage_lines("transfer", groups)
     lines.append("estimates (wall hours per job, where each comes from):")
     for (stage, name, hours, source), fractions in costing.estimates.items():
@@ -282,29 +284,20 @@ def dry_run(suite: Suite, out: Path, executor: str = "local", force: bool = Fals
         f"estimated cost of what would run: {costing.gpu_hours:,.1f} GPU-hours, "
         f"{costing.cpu_hours:,.1f} CPU-hours"
     )
-    if executor == "slurm" and not problems and len(auto_text_jobs(plan, out)) > 1:
+    if executor == "slurm" and not plan.problems and len(auto_text_jobs(plan)) > 1:
         lines.append(
             "note: text.model=auto: the corpus text model must exist before the jobs start "
             "(cxrbench pretrain-text), or give --pretrain-set text.model=PATH"
         )
-    if problems:
-        lines.append("problems (the run would stop on these before the first job):")
-        lines += [f"  {p}" for p in problems]
+    unresolved = len(make_plan(suite).jobs) - len(plan.jobs)
+    if unresolved:
+        lines.append(f"{unresolved} planned jobs not resolved (not counted above): see problems")
+    if plan.problems:
+        lines.append(
+            f"problems ({len(plan.problems)}; the suite does not start until they are fixed):"
+        )
+        lines += [f"  {p}" for p in plan.problems]
     return "\n".join(lines)
-
-
-def _transfer_hashes(suite: Suite) -> dict[tuple[str, float], str | None]:
-    from cxrbench.runner.transfer import load_task
-
-    hashes: dict[tuple[str, float], str | None] = {}
-    for task in suite.tasks:
-        for fraction in suite.fractions:
-            try:
-                job = load_task(task, suite.preset, suite.transfer_overrides, fraction)
-                hashes[(task, fraction)] = job.config_hash
-            except CxrbenchError:  # a problem config_problems lists
-                hashes[(task, fraction)] = None
-    return hashes
 
 
 @dataclass
@@ -315,27 +308,26 @@ class _Costing:
     executor: str
     pretrain_measured: dict
     transfer_measured: dict
-    hashes: dict
     gpu_hours: float = 0.0
     cpu_hours: float = 0.0
     estimates: dict[tuple[str, str, float, str], list[str]] = field(default_factory=dict)
 
-    def hours(self, stage: str, spec: Any) -> float:
+    def hours(self, stage: str, job: Job) -> float:
         """One job's wall hours; records the estimate (and its fraction) for the listing."""
         if stage == "pretrain":
-            h, source = pretrain_hours(self.suite, spec.method, self.pretrain_measured)
-            key, fraction = spec.method, ""
+            h, source = pretrain_hours(self.suite, job.method, self.pretrain_measured)
+            key, fraction = job.method, ""
         else:
-            config_hash = self.hashes[(spec.task, spec.fraction)]
-            h, source = transfer_hours(self.suite, spec.task, spec.fraction, config_hash,
+            assert job.task is not None and job.fraction is not None
+            h, source = transfer_hours(self.suite, job.task, job.fraction, job.config_hash,
                                        self.transfer_measured)  # fmt: skip
-            key, fraction = spec.task, f"{spec.fraction:g}"
+            key, fraction = job.task, f"{job.fraction:g}"
         seen = self.estimates.setdefault((stage, key, h, source), [])
         if fraction and fraction not in seen:
             seen.append(fraction)
         return h
 
-    def stage_lines(self, stage: str, groups: list) -> list[str]:
+    def stage_lines(self, stage: str, groups: list[JobGroup]) -> list[str]:
         mine = [g for g in groups if g.stage == stage]
         done = sum(len(g.finished) for g in mine)
         total = done + sum(len(g.pending) for g in mine)
@@ -343,12 +335,13 @@ class _Costing:
         noun = "jobs" if stage == "pretrain" else f"runs in {len(mine)} {arrays}"
         lines = [f"{stage}: {total} {noun}, {done} finished (skipped), {total - done} to run"]
         for g in mine:
-            for spec in g.finished:
-                self.hours(stage, spec)
-            hours = sum(self.hours(stage, spec) for spec in g.pending)
-            r = g.resources
-            self.gpu_hours += hours * r.nodes * r.gpus_per_node
-            self.cpu_hours += hours * r.nodes * g.tasks_per_node * r.cpus_per_task
+            for job in g.finished:
+                self.hours(stage, job)
+            hours = sum(self.hours(stage, job) for job in g.pending)
+            r = g.resources  # resolved: every field set (resolve.resources_for)
+            nodes, cpus = r.nodes or 1, r.cpus_per_task or 1
+            self.gpu_hours += hours * nodes * (r.gpus_per_node or 0)
+            self.cpu_hours += hours * nodes * g.tasks_per_node * cpus
             request = f"{_request(g)}; " if self.executor == "slurm" else ""
             state = f"{len(g.pending)} to run, {len(g.finished)} finished"
             lines.append(f"  {g.label}: {state}; {request}est. {hours:.3g} h")

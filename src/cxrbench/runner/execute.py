@@ -1,11 +1,14 @@
-"""Execute a plan: pre-train what is missing, run every transfer, isolate failures.
+"""Execute a resolved plan here: pre-train what is missing, run every transfer, isolate failures.
 
-Completed runs are skipped (their ``result.json`` exists), interrupted ones resume, and a failing
-run is reported and does not stop the others (its dependents are skipped with the reason). The
-exit status tells whether everything succeeded.
+The plan comes resolved (:mod:`cxrbench.runner.resolve`): every config merged and validated, and
+:func:`execute` refuses a plan with problems before any job runs. Completed runs are skipped,
+interrupted ones resume, and a failing job does not stop the others (its dependents are skipped
+with the reason). A failed job leaves ``error.txt`` in its run folder (traceback, config hash,
+command) and is logged once, with that path. The exit status tells whether everything succeeded.
 
-:func:`pretrain_job` and :func:`transfer_job` are the two jobs of a plan, with plain picklable
-arguments, so the SLURM executor (``executors.py``) runs exactly what this local one runs.
+:func:`pretrain_job` and :func:`transfer_job` are the two job functions: they take one resolved
+:class:`~cxrbench.runner.resolve.Job` (picklable) and only execute it, so the SLURM executor
+(``executors.py``) runs exactly what this local one runs.
 """
 
 from __future__ import annotations
@@ -13,26 +16,24 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from cxrbench.data.features import FeatureCache
 from cxrbench.errors import CxrbenchError
-from cxrbench.models.artifact import META_FILE
 from cxrbench.report.schema import ResultRecord
-from cxrbench.runner.plan import (
-    Plan,
-    PretrainSpec,
-    Suite,
-    TransferSpec,
-    pretrain_dir,
-    pretrain_overrides,
-    transfer_dir,
-)
-from cxrbench.runner.pretrain import load_config, run_pretrain
-from cxrbench.runner.transfer import TransferJob, load_task, run_transfer
+from cxrbench.runner.pretrain import run_pretrain
+from cxrbench.runner.resolve import Job, PretrainJob, ResolvedPlan, TransferJob
+from cxrbench.runner.transfer import run_transfer
+from cxrbench.runs import finished
+from cxrbench.utils.io import atomic_write_text
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -46,97 +47,98 @@ class Outcome:
         return not self.failures
 
 
-def pretrain_job(spec: PretrainSpec, suite: Suite, data_root: Path, out: Path) -> Path:
+def pretrain_job(job: Job) -> Path:
     """One pre-training (a finished one returns its artifact): the local executor calls it in
-    order, a SLURM job (``executors.py``) calls it on a node, with the same arguments."""
-    job = load_config(spec.method, suite.preset, pretrain_overrides(suite, spec))
-    return run_pretrain(job, data_root, pretrain_dir(suite, spec, out))
+    order, a SLURM job (``executors.py``) calls it on a node."""
+    assert isinstance(job.config, PretrainJob) and job.stage == "pretrain"
+    config = job.config
+    return _reporting(job, lambda: run_pretrain(config, job.data_root, job.run_dir))
 
 
-def transfer_job(
-    spec: TransferSpec,
-    suite: Suite,
-    data_root: Path,
-    out: Path,
-    cache_root: Path,
-    force: bool = False,
-    job: TransferJob | None = None,
-) -> ResultRecord:
-    """One transfer run on its method's encoder artifact (a finished run returns its record;
-    ``force`` deletes it first). ``job``: the resolved task config, when the caller has it."""
-    artifact = pretrain_dir(suite, spec.pretrain, out) / "encoder"
-    if not (artifact / META_FILE).is_file():
-        raise CxrbenchError(f"{artifact}: no encoder artifact; pre-train {spec.pretrain.key} first")
-    if job is None:
-        job = load_task(spec.task, suite.preset, suite.transfer_overrides, spec.fraction)
-    run_dir = transfer_dir(suite, spec, out)
-    if force and run_dir.exists():
-        shutil.rmtree(run_dir)
-    return run_transfer(
-        job,
-        artifact,
-        data_root,
-        fraction=spec.fraction,
-        seed=spec.seed,
-        run_dir=run_dir,
-        cache=FeatureCache(cache_root),
-        suite=suite.name,
-    )
+def transfer_job(job: Job) -> ResultRecord:
+    """One transfer run on its pre-training's encoder artifact (a finished run returns its
+    record)."""
+    assert isinstance(job.config, TransferJob) and job.stage == "transfer"
+    assert job.encoder is not None and job.fraction is not None
+    config, encoder, fraction = job.config, job.encoder, job.fraction
+
+    def run() -> ResultRecord:
+        if not finished("pretrain", encoder.parent):
+            raise CxrbenchError(f"{encoder}: no encoder artifact; pre-train {job.depends_on} first")
+        return run_transfer(config, encoder, job.data_root, fraction=fraction, seed=job.seed,
+                            run_dir=job.run_dir, cache=FeatureCache(job.cache_root),
+                            suite=job.suite)  # fmt: skip
+
+    return _reporting(job, run)
 
 
-def execute(
-    plan: Plan, data_root: Path, out: Path, cache_root: Path, force: bool = False
-) -> Outcome:
-    outcome = Outcome()
-    artifacts: dict[str, Path | Exception] = {}
-    for spec in plan.pretrain:
-        try:
-            artifacts[spec.key] = pretrain_job(spec, plan.suite, data_root, out)
-        except Exception as err:
-            log.error("pre-training %s failed: %s", spec.key, err)
-            artifacts[spec.key] = err
-            outcome.failures.append((spec.key, f"{type(err).__name__}: {err}"))
-    jobs = {  # resolved up front, so a bad task config stops the suite before any run
-        (name, fraction): load_task(
-            name, plan.suite.preset, plan.suite.transfer_overrides, fraction
+def _reporting(job: Job, run: Callable[[], T]) -> T:
+    with failure_report(job):
+        return run()
+
+
+@contextmanager
+def failure_report(job: Job) -> Iterator[None]:
+    """Write ``error.txt`` (traceback, config hash, command) into the job's run folder when the
+    body raises; a stale one from an earlier attempt is removed first."""
+    job.error_file.unlink(missing_ok=True)
+    try:
+        yield
+    except Exception:
+        text = (
+            f"job: {job.stage} {job.suite}/{job.key}\nconfig hash: {job.config_hash}\n"
+            f"command: {job.command}\n\n{traceback.format_exc()}"
         )
-        for name in plan.suite.tasks
-        for fraction in plan.suite.fractions
-    }
-    total = len(plan.transfer)
-    for k, transfer in enumerate(plan.transfer, 1):
-        _transfer(transfer, k, total, plan, jobs, artifacts, data_root, out, cache_root, force,
-                  outcome)  # fmt: skip
+        atomic_write_text(job.error_file, text)
+        raise
+
+
+def reason(job: Job, err: BaseException) -> str:
+    """What a failure says: the error in one line and where its traceback is."""
+    where = f" (traceback: {job.error_file})" if job.error_file.is_file() else ""
+    return f"{type(err).__name__}: {err}{where}"
+
+
+def execute(plan: ResolvedPlan, force: bool = False) -> Outcome:
+    """Run every job of ``plan`` here, in order; ``force`` re-runs finished transfers."""
+    plan.check()
+    outcome = Outcome()
+    failed: dict[str, BaseException] = {}
+    for job in plan.pretrain:
+        try:
+            pretrain_job(job)
+        except Exception as err:
+            failed[job.key] = err
+            outcome.failures.append((job.key, reason(job, err)))
+            log.error("pre-training %s failed: %s", job.key, reason(job, err))
+    transfers = plan.transfer
+    for k, job in enumerate(transfers, 1):
+        assert job.depends_on is not None
+        if job.depends_on in failed:
+            outcome.failures.append((job.key, f"its encoder {job.depends_on} failed"))
+            continue
+        _transfer(job, f"[{k}/{len(transfers)}]", force, outcome)
     return outcome
 
 
-def _transfer(
-    spec: TransferSpec,
-    k: int,
-    total: int,
-    plan: Plan,
-    jobs: dict,
-    artifacts: dict,
-    data_root: Path,
-    out: Path,
-    cache_root: Path,
-    force: bool,
-    outcome: Outcome,
-) -> None:
-    artifact = artifacts[spec.pretrain.key]
-    if isinstance(artifact, Exception):
-        outcome.failures.append((spec.key, f"its encoder failed to pre-train: {artifact}"))
-        return
-    done = not force and (transfer_dir(plan.suite, spec, out) / "result.json").is_file()
+def _transfer(job: Job, counter: str, force: bool, outcome: Outcome) -> None:
+    if force and job.run_dir.exists():
+        shutil.rmtree(job.run_dir)
+    done = job.finished
     start = time.perf_counter()
     try:
-        record = transfer_job(spec, plan.suite, data_root, out, cache_root, force,
-                              jobs[(spec.task, spec.fraction)])  # fmt: skip
+        record = transfer_job(job)
     except Exception as err:
-        log.error("[%d/%d] %s failed: %s", k, total, spec.key, err)
-        outcome.failures.append((spec.key, f"{type(err).__name__}: {err}"))
+        outcome.failures.append((job.key, reason(job, err)))
+        log.error("%s %s failed: %s", counter, job.key, reason(job, err))
         return
     outcome.records.append(record)
     outcome.skipped += done
     state = "done before" if done else f"{time.perf_counter() - start:.1f} s"
-    log.info("[%d/%d] %s: %s %.4f (%s)", k, total, spec.key, record.metric, record.value, state)
+    log.info("%s %s: %s %.4f (%s)", counter, job.key, record.metric, record.value, state)
+
+
+def log_failures(outcome: Outcome) -> None:
+    """Failures that were not logged as they happened (SLURM jobs), one line each."""
+    for key, why in outcome.failures:
+        log.error("FAILED %s: %s", key, why)

@@ -1,4 +1,4 @@
-"""The SLURM executor: a plan submitted through submitit, pre-training before transfer.
+"""The SLURM executor: a resolved plan submitted through submitit, pre-training before transfer.
 
 :func:`group_jobs` cuts a plan into submissions: one job per pre-training, then one job array per
 (pre-training, task kind) holding that encoder's transfer runs (they share the encoder and the
@@ -10,10 +10,11 @@ no job (its arrays no dependency), a transfer whose ``result.json`` exists is le
 ``force`` its folder is deleted at submission and it is submitted again).
 
 A job calls :func:`~cxrbench.runner.execute.pretrain_job` or
-:func:`~cxrbench.runner.execute.transfer_job` with plain picklable arguments (specs, the suite,
-paths), so a SLURM job runs exactly what the local executor runs. A pre-training job with more
-than one GPU runs one task per GPU (``tasks_per_node = gpus_per_node``) and its config has
-``trainer.devices``/``num_nodes``/``strategy=ddp`` (:func:`~cxrbench.runner.plan.
+:func:`~cxrbench.runner.execute.transfer_job` with its resolved, picklable
+:class:`~cxrbench.runner.resolve.Job`, so a SLURM job runs exactly what the local executor runs,
+and nothing is submitted while the plan has a problem. A pre-training job with more than one GPU
+runs one task per GPU (``tasks_per_node = gpus_per_node``) and its config has
+``trainer.devices``/``num_nodes``/``strategy=ddp`` (:func:`~cxrbench.runner.resolve.
 pretrain_overrides`), which Lightning's SLURM environment turns into DDP over the tasks. Jobs are
 :class:`Requeueable`: at the time limit submitit requeues them and the rerun resumes from
 ``last.ckpt``. :class:`SubmititBackend` is the one seam to submitit (tests swap in its debug
@@ -25,27 +26,18 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import submitit
 
 from cxrbench.errors import CxrbenchError
-from cxrbench.models.artifact import META_FILE
 from cxrbench.report.store import read_record
-from cxrbench.runner.execute import Outcome, pretrain_job, transfer_job
-from cxrbench.runner.plan import (
-    Plan,
-    PretrainSpec,
-    Resources,
-    Suite,
-    TransferSpec,
-    pretrain_dir,
-    pretrain_overrides,
-    resources_for,
-    transfer_dir,
-)
+from cxrbench.runner.execute import Outcome, pretrain_job, reason, transfer_job
+from cxrbench.runner.resolve import Job, PretrainJob, ResolvedPlan
+from cxrbench.runs import RESULT_FILE
+from cxrbench.suite import Resources, Suite
 
 log = logging.getLogger(__name__)
 
@@ -55,43 +47,34 @@ class JobGroup:
     """One submission: a pre-training job, or the transfer array of one encoder and task kind."""
 
     stage: str  # "pretrain" or "transfer"
-    label: str  # "mgca/pretrain" or "mgca/pretrain > classification"
+    label: str  # "mgca/pretrain/s0" or "mgca/pretrain/s0 > classification"
     resources: Resources
-    pretrain: PretrainSpec  # the encoder this group makes or needs
-    pending: list[Any] = field(default_factory=list)  # specs to run
-    finished: list[Any] = field(default_factory=list)  # specs whose result is there
+    pretrain: str  # key of the encoder this group makes or needs
+    pending: list[Job] = field(default_factory=list)  # jobs to run
+    finished: list[Job] = field(default_factory=list)  # jobs whose result is there
 
     @property
     def tasks_per_node(self) -> int:  # DDP: one task per GPU
         return max(self.resources.gpus_per_node or 0, 1) if self.stage == "pretrain" else 1
 
 
-def is_finished(suite: Suite, spec: PretrainSpec | TransferSpec, out: Path) -> bool:
-    if isinstance(spec, PretrainSpec):
-        return (pretrain_dir(suite, spec, out) / "encoder" / META_FILE).is_file()
-    return (transfer_dir(suite, spec, out) / "result.json").is_file()
-
-
-def group_jobs(plan: Plan, out: Path, force: bool = False) -> list[JobGroup]:
+def group_jobs(plan: ResolvedPlan, force: bool = False) -> list[JobGroup]:
     """The plan's submissions in dependency order (every pre-training before any transfer)."""
-    from cxrbench.tasks import TASKS
-
-    suite = plan.suite
     groups = []
-    for spec in plan.pretrain:
-        group = JobGroup("pretrain", spec.key, resources_for(suite, "pretrain", spec.method), spec)
-        (group.finished if is_finished(suite, spec, out) else group.pending).append(spec)
+    for job in plan.pretrain:
+        group = JobGroup("pretrain", job.key, job.resources, job.key)
+        (group.finished if job.finished else group.pending).append(job)
         groups.append(group)
     arrays: dict[tuple[str, str], JobGroup] = {}
-    for t in plan.transfer:
-        kind = TASKS.get(t.task).kind
-        if (t.pretrain.key, kind) not in arrays:
-            res = resources_for(suite, "transfer", kind)
-            label = f"{t.pretrain.key} > {kind}"
-            arrays[(t.pretrain.key, kind)] = JobGroup("transfer", label, res, t.pretrain)
-        array = arrays[(t.pretrain.key, kind)]
-        done = not force and is_finished(suite, t, out)
-        (array.finished if done else array.pending).append(t)
+    for job in plan.transfer:
+        assert job.depends_on is not None and job.kind is not None
+        if (job.depends_on, job.kind) not in arrays:
+            label = f"{job.depends_on} > {job.kind}"
+            arrays[(job.depends_on, job.kind)] = JobGroup("transfer", label, job.resources,
+                                                          job.depends_on)  # fmt: skip
+        array = arrays[(job.depends_on, job.kind)]
+        done = not force and job.finished
+        (array.finished if done else array.pending).append(job)
     return groups + list(arrays.values())
 
 
@@ -161,8 +144,8 @@ class Submission:
     """The submitted jobs (submitit ``Job`` objects) and the runs that were already finished."""
 
     folder: Path
-    pretrain: dict[str, Any] = field(default_factory=dict)  # pre-training key -> job
-    transfer: list[tuple[TransferSpec, Any]] = field(default_factory=list)
+    pretrain: dict[str, tuple[Job, Any]] = field(default_factory=dict)  # key -> (job, submitit)
+    transfer: list[tuple[Job, Any]] = field(default_factory=list)
     finished: list[Path] = field(default_factory=list)  # result.json of finished transfers
     lines: list[str] = field(default_factory=list)  # one per submission, for the user
 
@@ -178,23 +161,22 @@ class Submission:
         collect the records, finished runs included; failures are isolated as locally."""
         outcome = Outcome(skipped=len(self.finished))
         outcome.records += [read_record(p) for p in self.finished]
-        failed: dict[str, BaseException] = {}
-        for key, job in self.pretrain.items():
-            err = _exception(job)
+        failed: set[str] = set()
+        for key, (job, submitted) in self.pretrain.items():
+            err = _exception(submitted)
             if err is not None:
-                failed[key] = err
-                outcome.failures.append((key, f"{type(err).__name__}: {err}"))
-        for spec, job in self.transfer:
-            if spec.pretrain.key in failed:
-                job.cancel(check=False)  # SLURM has cancelled it already (kill-on-invalid-dep)
-                reason = f"its encoder failed to pre-train: {failed[spec.pretrain.key]}"
-                outcome.failures.append((spec.key, reason))
+                failed.add(key)
+                outcome.failures.append((key, reason(job, err)))
+        for job, submitted in self.transfer:
+            if job.depends_on in failed:
+                submitted.cancel(check=False)  # SLURM has cancelled it already
+                outcome.failures.append((job.key, f"its encoder {job.depends_on} failed"))
                 continue
-            err = _exception(job)
+            err = _exception(submitted)
             if err is not None:
-                outcome.failures.append((spec.key, f"{type(err).__name__}: {err}"))
+                outcome.failures.append((job.key, reason(job, err)))
             else:
-                outcome.records.append(job.result())
+                outcome.records.append(submitted.result())
         return outcome
 
 
@@ -207,46 +189,39 @@ def _exception(job: Any) -> BaseException | None:
 
 
 def submit_plan(
-    plan: Plan,
-    data_root: Path,
-    out: Path,
-    cache_root: Path,
-    force: bool = False,
-    backend: SubmititBackend | None = None,
+    plan: ResolvedPlan, force: bool = False, backend: SubmititBackend | None = None
 ) -> Submission:
-    """Submit the unfinished jobs of ``plan``; every config is validated before the first
-    submission, so a bad one fails here and not on a node hours later."""
-    problems = config_problems(plan, out)
-    if problems:
-        raise CxrbenchError("nothing submitted: " + "; ".join(problems))
-    _check_text_model(plan, data_root, out)
+    """Submit the unfinished jobs of ``plan``; a plan with problems submits nothing, so a bad
+    config fails here and not on a node hours later. Resolve it with ``progress=False``: no
+    progress bars in log files."""
+    plan.check("nothing submitted")
+    text = text_model_problems(plan)
+    if text:
+        raise CxrbenchError("nothing submitted: " + text)
     suite = plan.suite
-    folder = Path(suite.slurm.folder) if suite.slurm.folder else out.parent / "slurm" / suite.name
+    default = plan.out.parent / "slurm" / suite.name
+    folder = Path(suite.slurm.folder) if suite.slurm.folder else default
     backend = backend or SubmititBackend(folder)
-    quiet = ["trainer.progress=false"]  # no progress bars in log files (not in any config hash)
-    suite = replace(suite, pretrain_overrides=[*suite.pretrain_overrides, *quiet],
-                    transfer_overrides=[*suite.transfer_overrides, *quiet])  # fmt: skip
     sub = Submission(backend.folder)
     ids: dict[str, str] = {}
-    for group in group_jobs(plan, out, force):
-        sub.finished += [transfer_dir(suite, t, out) / "result.json"
-                         for t in group.finished if group.stage == "transfer"]  # fmt: skip
+    for group in group_jobs(plan, force):
+        if group.stage == "transfer":
+            sub.finished += [job.run_dir / RESULT_FILE for job in group.finished]
         if not group.pending:
             continue
-        after = ids.get(group.pretrain.key) if group.stage == "transfer" else None
+        after = ids.get(group.pretrain) if group.stage == "transfer" else None
         params = job_parameters(suite, group, after)
         if group.stage == "pretrain":
-            [job] = backend.submit(Requeueable(pretrain_job),
-                                   [(group.pretrain, suite, data_root, out)], params)  # fmt: skip
-            sub.pretrain[group.pretrain.key] = job
-            ids[group.pretrain.key] = str(job.job_id)
-            sub.lines.append(f"  {group.label}: job {job.job_id}")
+            [job] = group.pending
+            [submitted] = backend.submit(Requeueable(pretrain_job), [(job,)], params)
+            sub.pretrain[job.key] = (job, submitted)
+            ids[job.key] = str(submitted.job_id)
+            sub.lines.append(f"  {group.label}: job {submitted.job_id}")
             continue
         if force:  # deleted here, not in the job: a requeued job must resume, not restart
-            for t in group.pending:
-                shutil.rmtree(transfer_dir(suite, t, out), ignore_errors=True)
-        calls = [(t, suite, data_root, out, cache_root) for t in group.pending]
-        jobs = backend.submit(Requeueable(transfer_job), calls, params)
+            for job in group.pending:
+                shutil.rmtree(job.run_dir, ignore_errors=True)
+        jobs = backend.submit(Requeueable(transfer_job), [(j,) for j in group.pending], params)
         sub.transfer += list(zip(group.pending, jobs, strict=True))
         wait = f" after {after}" if after else ""
         sub.lines.append(f"  {group.label}: {len(jobs)} runs, jobs {_id_range(jobs)}{wait}")
@@ -258,66 +233,38 @@ def _id_range(jobs: list[Any]) -> str:
     return first if first == last else f"{first}..{last}"
 
 
-def auto_text_jobs(plan: Plan, out: Path) -> list[PretrainSpec]:
+def auto_text_jobs(plan: ResolvedPlan) -> list[Job]:
     """Unfinished pre-trainings that train the corpus text model themselves (``text.model`` is
     ``auto`` and it is not there yet): run at once on a cluster, they would race to write it."""
     from cxrbench.methods import METHODS
-    from cxrbench.runner.pretrain import load_config
 
     found = []
-    for spec in plan.pretrain:
-        if METHODS.get(spec.method).needs_text and not is_finished(plan.suite, spec, out):
-            job = load_config(spec.method, plan.suite.preset, pretrain_overrides(plan.suite, spec))
-            if job.cfg.text.model == "auto":
-                found.append(spec)
+    for job in plan.pretrain:
+        assert isinstance(job.config, PretrainJob)
+        needs = METHODS.get(job.method).needs_text and job.config.cfg.text.model == "auto"
+        if needs and not job.finished:
+            found.append(job)
     return found
 
 
-def _check_text_model(plan: Plan, data_root: Path, out: Path) -> None:
+def text_model_problems(plan: ResolvedPlan) -> str | None:
+    """Several pre-training jobs that would train the same corpus text model at once (it is
+    read from the data root's MIMIC folder of the job's own config, overrides included)."""
     from cxrbench.data.roots import dataset_folder
     from cxrbench.models.text_corpus import mimic_folder, read_summary
-    from cxrbench.runner.pretrain import load_config
 
-    specs = auto_text_jobs(plan, out)
-    if len(specs) < 2:
-        return
-    job = load_config(specs[0].method, plan.suite.preset)
-    text_preset = "tiny" if job.preset == "tiny" else "small"  # as pretrain.resolve_text_model
-    mimic = mimic_folder(dataset_folder("mimic", data_root, job.cfg.data))
+    jobs = auto_text_jobs(plan)
+    if len(jobs) < 2:
+        return None
+    config = jobs[0].config
+    assert isinstance(config, PretrainJob)
+    text_preset = "tiny" if config.preset == "tiny" else "small"  # as pretrain.resolve_text_model
+    mimic = mimic_folder(dataset_folder("mimic", plan.data_root, config.cfg.data))
     folder = mimic / f"cxrbench-text-bert-{text_preset}"  # pretrain_text's default folder
-    if read_summary(folder) is None:
-        raise CxrbenchError(
-            f"{len(specs)} pre-training jobs would train the corpus text model {folder} at once; "
-            f"train it first (cxrbench pretrain-text --root {data_root} --preset {text_preset}) "
-            "or give one with --pretrain-set text.model=PATH"
-        )
-
-
-def config_problems(plan: Plan, out: Path) -> list[str]:
-    """What would stop the plan before its first job, without reading data: a config that does
-    not validate, or a finished pre-training made with another config than the planned one."""
-    from cxrbench.config import load_yaml
-    from cxrbench.runner.pretrain import load_config
-    from cxrbench.runner.transfer import load_task
-
-    s, problems = plan.suite, []
-    for spec in plan.pretrain:
-        try:
-            job = load_config(spec.method, s.preset, pretrain_overrides(s, spec))
-        except CxrbenchError as err:
-            problems.append(f"{spec.key}: {err}")
-            continue
-        stored = pretrain_dir(s, spec, out) / "config.yaml"  # run_pretrain refuses it locally
-        found = load_yaml(stored).values.get("config_hash") if stored.is_file() else None
-        if found not in (None, job.config_hash):
-            problems.append(
-                f"{stored.parent}: holds a run with config hash {found}, the plan's is "
-                f"{job.config_hash}; use another --out or delete the folder"
-            )
-    for task in s.tasks:
-        for fraction in s.fractions:
-            try:
-                load_task(task, s.preset, s.transfer_overrides, fraction)
-            except CxrbenchError as err:
-                problems.append(f"{task} f{fraction:g}: {err}")
-    return problems
+    if read_summary(folder) is not None:
+        return None
+    return (
+        f"{len(jobs)} pre-training jobs would train the corpus text model {folder} at once; "
+        f"train it first (cxrbench pretrain-text --data-root {plan.data_root} --preset "
+        f"{text_preset}) or give one with --pretrain-set text.model=PATH"
+    )

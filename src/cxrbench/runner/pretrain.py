@@ -1,10 +1,9 @@
 """One pre-training job: config → method → Lightning fit → encoder artifact.
 
-The run config is ``merge(schema defaults, configs/method/<m>.yaml, configs/trainer/<preset>.yaml,
---set overrides)``: the method file sets the method's own parameters, the preset sets sizes and
-schedule (backbone, image size, batch, epochs, device). The run directory holds ``config.yaml``
-(resolved), ``checkpoints/last.ckpt`` (resume point), ``logs/`` and ``encoder/`` (the artifact);
-the artifact is written last, so its presence means the run finished.
+The job's config comes resolved (:func:`cxrbench.runner.resolve.load_config`: the method file
+sets the method's own parameters, the preset sizes and schedule). The run directory holds
+``config.yaml`` (resolved), ``checkpoints/last.ckpt`` (resume point), ``logs/`` and ``encoder/``
+(the artifact); the artifact is written last, so its presence means the run finished.
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,96 +18,19 @@ import lightning as L
 import torch
 from omegaconf import OmegaConf
 
-from cxrbench.config import (
-    Layer,
-    build,
-    config_hash,
-    load_yaml,
-    packaged_config,
-    parse_overrides,
-    to_plain,
-    without_keys,
-)
+from cxrbench.config import Layer, build, load_yaml, to_plain
 from cxrbench.data.roots import dataset_folder
-from cxrbench.errors import ConfigError, CxrbenchError
+from cxrbench.errors import CxrbenchError
 from cxrbench.log import quiet_libraries
 from cxrbench.methods import METHODS
 from cxrbench.methods.base import PretrainConfig, PretrainMethod
-from cxrbench.models.artifact import META_FILE, export_encoder
+from cxrbench.models.artifact import export_encoder
 from cxrbench.models.backbones import build_backbone
+from cxrbench.runner.resolve import PretrainJob
+from cxrbench.runs import ENCODER_DIR, finished
 from cxrbench.utils.io import atomic_write_text, load_checkpoint, sha256_file
 
 log = logging.getLogger(__name__)
-
-#: keys that do not change what is learned (left out of the config hash)
-NON_RESULT_KEYS = (
-    "data.workers",
-    # where datasets live is not part of the identity; their contents are fingerprinted
-    "data.mimic",
-    "data.chexpert",
-    "data.rsna",
-    "data.siim",
-    "data.objectcxr",
-    "data.covidx",
-    "trainer.progress",
-    "trainer.log_every",
-    "trainer.checkpoint_every",
-)
-
-
-@dataclass(frozen=True)
-class PretrainJob:
-    cfg: PretrainConfig
-    params: Any  # the method's validated Config instance
-    preset: str
-    config_hash: str
-
-
-def load_config(
-    method: str, preset: str = "small", overrides: list[str] | None = None
-) -> PretrainJob:
-    """Validate the layered config of ``method`` under ``preset`` (errors name file and key)."""
-    cls = METHODS.get(method)
-    layers = [
-        Layer("<defaults>", OmegaConf.create({"method": method})),
-        load_yaml(packaged_config("method", method)),
-        preset_section(preset, "pretrain"),
-        parse_overrides(overrides or []),
-    ]
-    if not cls.needs_text:  # a preset's required text.model (paper: ???) is not this method's
-        layers.append(Layer("<no text model>", OmegaConf.create({"text": {"model": "auto"}})))
-    for layer in layers[1:]:
-        if "method" in layer.values and layer.values["method"] != method:
-            raise ConfigError(layer.source, "method", "cannot change the method to another one")
-    cfg = build(PretrainConfig, layers)
-    params: Any = build(cls.Config, [Layer(x.source, x.values.get("params", {})) for x in layers])
-    cfg.params = to_plain(params)
-    return PretrainJob(cfg, params, preset, hash_config(cfg))
-
-
-PRESET_SECTIONS = ("pretrain", "transfer", "transfer_<kind>")
-
-
-def preset_section(preset: str, section: str) -> Layer:
-    """A section of ``configs/trainer/<preset>.yaml``: ``pretrain:``, ``transfer:`` (every task)
-    or ``transfer_<kind>:`` (tasks of one kind, merged after ``transfer:``); empty when absent."""
-    layer = load_yaml(packaged_config("trainer", preset))
-    keys = [str(k) for k in layer.values]
-    unknown = sorted(k for k in keys if k not in PRESET_SECTIONS[:2] and k[:9] != "transfer_")
-    if unknown:
-        expected = "presets hold " + ", ".join(f"{s}:" for s in PRESET_SECTIONS)
-        raise ConfigError(layer.source, unknown[0], expected)
-    values = layer.values.get(section) or OmegaConf.create({})
-    return Layer(f"{layer.source} ({section}:)", values)
-
-
-def hash_config(cfg: PretrainConfig) -> str:
-    plain = without_keys(to_plain(cfg), NON_RESULT_KEYS)
-    if not METHODS.get(cfg.method).trains:  # nothing is trained: schedules change nothing
-        crop = plain["data"]["crop"]
-        plain = without_keys(plain, ["optim", "trainer", "text", "loss_weights", "data"])
-        plain["data"] = {"crop": crop}
-    return config_hash(plain)
 
 
 def resolve_text_model(job: PretrainJob, mimic_root: Path, progress: bool) -> Path | None:
@@ -144,8 +65,6 @@ def build_method(job: PretrainJob, text_path: Path | None) -> PretrainMethod:
         text = TextEncoder.from_pretrained(
             text_path, freeze=freeze, max_length=cfg.text.max_length, layers=cfg.text.layers
         )
-        if cfg.text.padding not in ("longest", "max_length"):
-            raise ConfigError(None, "text.padding", "must be 'longest' or 'max_length'")
         text.padding = cfg.text.padding
         if getattr(text.model, "pooler", None) is not None:
             text.model.pooler = None  # type: ignore[assignment]  # unused (we take [CLS]); unused parameters break DDP
@@ -230,9 +149,9 @@ def run_pretrain(job: PretrainJob, data_root: Path, run_dir: Path) -> Path:
     from cxrbench.systems.pretrain import PretrainSystem
 
     run_dir = Path(run_dir)
-    artifact = run_dir / "encoder"
+    artifact = run_dir / ENCODER_DIR
     _check_run_dir(run_dir, job)
-    if (artifact / META_FILE).is_file():
+    if finished("pretrain", run_dir):
         log.info("encoder artifact already exists: %s", artifact)
         return artifact
     mimic_root = dataset_folder("mimic", data_root, job.cfg.data)
@@ -295,11 +214,11 @@ def export_checkpoint(run_dir: Path, ckpt: Path | None = None, out: Path | None 
     run_dir = Path(run_dir)
     stored = load_yaml(run_dir / "config.yaml").values
     preset = str(stored.pop("preset"))
-    stored.pop("config_hash")
+    stored_hash = str(stored.pop("config_hash"))  # the run's own: its config is not re-merged
     job_cfg = build(PretrainConfig, [Layer(str(run_dir / "config.yaml"), stored)])
     job = PretrainJob(job_cfg, build(METHODS.get(job_cfg.method).Config,
                                      [Layer("config.yaml", stored.get("params", {}))]),
-                      preset, hash_config(job_cfg))  # fmt: skip
+                      preset, stored_hash)  # fmt: skip
     ckpt = ckpt or run_dir / "checkpoints" / "last.ckpt"
     state = load_checkpoint(ckpt)["state_dict"]
     method = build_method(job, _text_path_for_export(job, run_dir))

@@ -12,94 +12,29 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from omegaconf import OmegaConf
 
-from cxrbench.config import (
-    Layer,
-    build,
-    config_hash,
-    load_yaml,
-    packaged_config,
-    parse_overrides,
-    to_plain,
-    without_keys,
-)
+from cxrbench.config import load_yaml, to_plain
 from cxrbench.data.features import FeatureCache
-from cxrbench.errors import ConfigError, CxrbenchError
+from cxrbench.errors import CxrbenchError
 from cxrbench.log import quiet_libraries
 from cxrbench.models.artifact import load_encoder
 from cxrbench.models.backbones import freeze
+from cxrbench.provenance import code_version, device_name
 from cxrbench.report.schema import ResultRecord
 from cxrbench.report.store import read_record, write_record
-from cxrbench.runner.pretrain import preset_section
-from cxrbench.runner.provenance import code_version, device_name
-from cxrbench.tasks import TASKS
-from cxrbench.tasks.base import Task, TaskConfig
+from cxrbench.runner.resolve import TransferJob
+from cxrbench.runs import RESULT_FILE, finished
 from cxrbench.utils.io import atomic_write_text
 
 log = logging.getLogger(__name__)
-NON_RESULT_KEYS = ("train.workers", "trainer.progress", "train.feature_batch_size", "data")
-
-
-@dataclass(frozen=True)
-class TransferJob:
-    task: Task
-    cfg: TaskConfig
-    config_hash: str
-    fraction: float | None = None  # the label fraction the protocol was resolved for
-
-
-def _fraction_layers(task_layer: Layer, fraction: float | None) -> list[Layer]:
-    """The task YAML's ``fractions:`` entry for ``fraction`` (e.g. MGCA's 1% detection lr and
-    batch), removed from ``task_layer``; none when absent or when no fraction is given."""
-    by_fraction = task_layer.values.pop("fractions", None)
-    if by_fraction is None:
-        return []
-    found = []
-    for key, values in by_fraction.items():
-        try:
-            value = float(key)
-        except ValueError:
-            msg = f"keys are label fractions such as 0.01, got {key!r}"
-            raise ConfigError(task_layer.source, f"fractions.{key}", msg) from None
-        if fraction is not None and math.isclose(value, fraction):
-            found.append(Layer(f"{task_layer.source} (fractions.{key}:)", values))
-    return found
-
-
-def load_task(
-    name: str,
-    preset: str = "small",
-    overrides: list[str] | None = None,
-    fraction: float | None = None,
-) -> TransferJob:
-    """Validate ``configs/task/<name>.yaml`` (with its ``fractions:`` entry for ``fraction``) +
-    the preset's ``transfer:`` and ``transfer_<kind>:`` + ``--set`` overrides."""
-    cls = TASKS.get(name)
-    task_layer = load_yaml(packaged_config("task", name))
-    layers = [
-        task_layer,
-        *_fraction_layers(task_layer, fraction),
-        preset_section(preset, "transfer"),
-        preset_section(preset, f"transfer_{cls.kind}"),
-        parse_overrides(overrides or []),
-    ]
-    cfg = build(TaskConfig, layers)
-    if cfg.dataset != cls.dataset:
-        raise CxrbenchError(f"task {name!r} reads {cls.dataset!r}, its config says {cfg.dataset!r}")
-    ignored = [*NON_RESULT_KEYS, *([] if cfg.probe.augment else ["probe.policy"])]
-    plain = without_keys(to_plain(cfg), ignored)  # the policy only matters when augmenting
-    if not plain["params"]:
-        del plain["params"]  # kinds without system settings keep the hashes they had
-    if not plain["train"]["min_steps_per_epoch"]:
-        del plain["train"]["min_steps_per_epoch"]  # off: the hashes of earlier results hold
-    plain["task"] = {"name": name, **cls.describe()}
-    return TransferJob(cls(name, cfg), cfg, config_hash(plain), fraction)
+#: Lightning's warning about modules in eval mode: expected for a frozen encoder, so silenced there
+EVAL_MODE_WARNING = r"Found \d+ module\(s\) in eval mode at the start of training"
 
 
 def _trainer(job: TransferJob, run_dir: Path, monitor: str, mode: str) -> tuple[L.Trainer, Any]:
@@ -165,9 +100,9 @@ def run_transfer(
             f"is at {fraction:g}; load the task with fraction={fraction:g}"
         )
     run_dir = Path(run_dir)
-    result = run_dir / "result.json"
+    result = run_dir / RESULT_FILE
     _claim(run_dir, job, artifact)
-    if result.is_file():
+    if finished("transfer", run_dir):
         return read_record(result)
     start = time.perf_counter()
     system_cls = SYSTEMS.get(job.task.kind)
@@ -180,13 +115,16 @@ def run_transfer(
     system = prepared.system
     trainer, best = _trainer(job, run_dir, system_cls.monitor, system_cls.monitor_mode)
     last = run_dir / "checkpoints" / "last.ckpt"
-    trainer.fit(
-        system,
-        prepared.train,
-        prepared.val,
-        ckpt_path=last if last.is_file() else None,
-        weights_only=True,
-    )
+    with warnings.catch_warnings():
+        if not job.cfg.probe.finetune:  # a frozen encoder is in eval mode on purpose
+            warnings.filterwarnings("ignore", message=EVAL_MODE_WARNING)
+        trainer.fit(
+            system,
+            prepared.train,
+            prepared.val,
+            ckpt_path=last if last.is_file() else None,
+            weights_only=True,
+        )
     trainer.test(
         system,
         prepared.test,

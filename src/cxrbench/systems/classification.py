@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 from cxrbench.data.features import FeatureCache, feature_key, files_stamp
 from cxrbench.systems import SYSTEMS
 from cxrbench.systems.base import Prepared, TransferSystem, loader
-from cxrbench.tasks.base import Items, Task, TaskConfig, TaskData
+from cxrbench.tasks.base import Items, Task, TaskConfig, TaskData, probe_mode
 
 
 class _Rows(Dataset[dict[str, Any]]):
@@ -105,7 +105,7 @@ class ClassificationSystem(TransferSystem):
             workers = 0 if feats else cfg.train.workers
             loaders.append(loader(rows, cfg, train=part == "train", workers=workers))
         train, val, test = loaders
-        return Prepared(system, train, val, test, "cached" if cached else "augment")
+        return Prepared(system, train, val, test, probe_mode(cfg.probe, cached))
 
     def __init__(
         self,

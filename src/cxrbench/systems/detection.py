@@ -52,7 +52,7 @@ from cxrbench.models.detectors import DETECTORS, DetectionParams, Detector, buil
 from cxrbench.models.yolo import Detections
 from cxrbench.systems import SYSTEMS
 from cxrbench.systems.base import Prepared, TransferSystem, loader
-from cxrbench.tasks.base import Items, Task, TaskConfig, TaskData
+from cxrbench.tasks.base import Items, Task, TaskConfig, TaskData, probe_mode
 
 FASTER_RCNN_ONLY = ("fpn_channels", "representation_size", "box_batch_size")
 
@@ -207,8 +207,7 @@ class DetectionSystem(TransferSystem):
             rows = DetectionImages(items, boxes_of, size, augment)
             loaders.append(loader(rows, cfg, train=part == "train", collate_fn=collate))
         train, val, test = loaders
-        mode = "finetune" if cfg.probe.finetune else "augment" if cfg.probe.augment else "frozen"
-        return Prepared(system, train, val, test, mode)
+        return Prepared(system, train, val, test, probe_mode(cfg.probe))
 
     def __init__(self, detector: Detector, cfg: TaskConfig, params: DetectionParams) -> None:
         super().__init__()

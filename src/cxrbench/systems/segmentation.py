@@ -67,7 +67,7 @@ from cxrbench.metrics.segmentation import DiceAccumulator
 from cxrbench.models.backbones import freeze, unfreeze
 from cxrbench.systems import SYSTEMS
 from cxrbench.systems.base import Prepared, TransferSystem, loader
-from cxrbench.tasks.base import Items, Task, TaskConfig, TaskData
+from cxrbench.tasks.base import Items, Task, TaskConfig, TaskData, probe_mode
 
 DECODER_CHANNELS = (256, 128, 64, 32, 16)
 """Decoder widths, deepest block first (smp's U-Net default, which MGCA used)."""
@@ -289,8 +289,7 @@ class SegmentationSystem(TransferSystem):
             rows = SegmentationRows(items, cfg.image.crop, augment=train and cfg.probe.augment)
             loaders.append(loader(rows, cfg, train=train))
         train_loader, val, test = loaders
-        mode = "finetune" if cfg.probe.finetune else "frozen"
-        return Prepared(system, train_loader, val, test, mode)
+        return Prepared(system, train_loader, val, test, probe_mode(cfg.probe))
 
     def __init__(self, encoder: nn.Module, cfg: TaskConfig) -> None:
         super().__init__()

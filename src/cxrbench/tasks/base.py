@@ -38,6 +38,21 @@ class ProbeSpec:
     policy: str = "crop"  # augmentation when augmenting: "crop" (DataTransforms) or "moco2"
 
 
+PROBE_MODES = ("finetune", "augment", "cached", "frozen")
+
+
+def probe_mode(probe: ProbeSpec, cached: bool = False) -> str:
+    """What a result records as ``probe_mode``, for every task kind: ``finetune`` (the encoder is
+    trained), else ``augment`` (frozen, augmented images each epoch), else ``cached`` (frozen,
+    features from the cache) or ``frozen`` (frozen, images each epoch). Tables key the "fine-tuned"
+    caption and protocol families on it."""
+    if probe.finetune:
+        return "finetune"
+    if probe.augment:
+        return "augment"
+    return "cached" if cached else "frozen"
+
+
 @dataclass
 class OptimSpec:
     lr: float = 5e-4

@@ -22,6 +22,8 @@ READERS: dict[str, ModuleType] = {
     "covidx": covidx,
 }
 FOLDERS: dict[str, str] = {key: module.FOLDER for key, module in READERS.items()}
+#: every dataset key, the one list (``DataRoots``, the CLI, the supervised oracle read it)
+DATASETS: tuple[str, ...] = tuple(READERS)
 
 
 def get_reader(dataset: str) -> ModuleType:

@@ -1,0 +1,121 @@
+"""The report commands of ``cxrbench``: ``leaderboard check|update``, ``table`` and ``plot``.
+
+They read result records and suites only (:mod:`cxrbench.report`, :mod:`cxrbench.suite`), never
+the runner; :func:`cxrbench.cli.build_parser` registers them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _emit(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from cxrbench.report.leaderboard import run_check, run_update
+
+    runs, boards = Path(args.runs), Path(args.leaderboards)
+    if args.leaderboard_command == "check":
+        report, status = run_check(args.suite, runs, boards)
+        _emit(report)
+        return status
+    _emit(run_update(args.suite, runs, boards, floor=args.floor, alpha=args.alpha))
+    return 0
+
+
+def add_leaderboard(sub: Any) -> None:
+    lb = sub.add_parser("leaderboard", help="check runs against a suite's baseline, or update it")
+    lsub = lb.add_subparsers(dest="leaderboard_command", metavar="LEADERBOARD_COMMAND")
+    lsub.required = True
+    check = lsub.add_parser("check", help="ok/improved/regressed/...; exit 1 on a failure")
+    update = lsub.add_parser("update", help="rewrite the baseline from the runs, print the diff")
+    for p in (check, update):
+        p.add_argument("--suite", required=True, help="suite file (benchmarks/*.yaml) or name")
+        p.add_argument("--runs", default="results/runs", help="runs folder (bench --out)")
+        p.add_argument("--leaderboards", default="results/leaderboards", help="baselines folder")
+        p.set_defaults(func=cmd_leaderboard)
+    update.add_argument(
+        "--floor", type=float, default=None, help="absolute drift floor added to every margin"
+    )
+    update.add_argument(
+        "--alpha", type=float, default=None, help="one-sided false-alarm rate per entry"
+    )
+
+
+def _report_command(args: argparse.Namespace) -> str:
+    """The command, rebuilt from its options, for the header of the files it writes."""
+    import shlex
+
+    parts = ["cxrbench", args.command]
+    for name in args.suite:
+        parts += ["--suite", name]
+    for fmt in getattr(args, "format", None) or []:
+        parts += ["--format", fmt]
+    if args.published:
+        parts += ["--published", args.published]
+    for flag, value, default in (
+        ("--published-dir", args.published_dir, "results/published"),
+        ("--runs", args.runs, "results/runs"),
+        ("--out", args.out, "results/tables"),
+    ):
+        if value != default:
+            parts += [flag, value]
+    return shlex.join(parts + (["--plot"] if getattr(args, "plot", False) else []))
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    from cxrbench.report.tables import write_suite_tables
+    from cxrbench.suite import load_suite_arg
+
+    formats = list(dict.fromkeys(args.format or ["md"]))
+    args.format = formats
+    for name in args.suite:
+        suite = load_suite_arg(name)
+        options = dict(published=args.published, published_dir=Path(args.published_dir))
+        written = write_suite_tables(suite, Path(args.runs), Path(args.out), formats,
+                                     command=_report_command(args), **options)  # fmt: skip
+        for _, text in written:
+            _emit(text)
+        if args.plot:
+            from cxrbench.report.plots import write_suite_plot
+
+            paths = write_suite_plot(suite, Path(args.runs), Path(args.out),
+                                     command=_report_command(args), **options)  # fmt: skip
+            _emit("\n".join(str(p) for p in paths))
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from cxrbench.report.plots import write_suite_plot
+    from cxrbench.suite import load_suite_arg
+
+    for name in args.suite:
+        paths = write_suite_plot(load_suite_arg(name), Path(args.runs), Path(args.out),
+                                 command=_report_command(args), published=args.published,
+                                 published_dir=Path(args.published_dir))  # fmt: skip
+        _emit("\n".join(str(p) for p in paths))
+    return 0
+
+
+def add_report(sub: Any) -> None:
+    t = sub.add_parser("table", help="paper table of a suite's runs: Markdown, LaTeX, CSV")
+    t.add_argument("--format", action="append", choices=("md", "tex", "csv"),
+                   help="repeatable (default md); writes OUT/<suite>.<format>")  # fmt: skip
+    t.add_argument("--plot", action="store_true", help="also write the label-efficiency plot")
+    t.set_defaults(func=cmd_table)
+    p = sub.add_parser("plot", help="label-efficiency plot of a suite's runs: PNG and PDF")
+    p.set_defaults(func=cmd_plot)
+    for q in (t, p):
+        q.add_argument("--suite", action="append", required=True,
+                       help="suite file or name in benchmarks/ (repeatable)")  # fmt: skip
+        q.add_argument("--published", nargs="?", const="suite", choices=("suite", "all"),
+                       help="add rows quoted from papers under the same protocol: of the "
+                       "suite's methods (default) or all")  # fmt: skip
+        q.add_argument("--published-dir", default="results/published", help="published rows")
+        q.add_argument("--runs", default="results/runs", help="runs folder (bench --out)")
+        q.add_argument("--out", default="results/tables", help="output folder")

@@ -1,0 +1,27 @@
+"""Run folders: the files that say what a run is and whether it finished.
+
+A pre-training run has finished when its encoder artifact's metadata exists (the artifact is
+written last); a transfer run when its ``result.json`` exists (written last, atomically). Every
+part of cxrbench that asks "is this run finished?" (the executors, the dry run, the job functions)
+asks :func:`finished`, so they cannot disagree. A failed job leaves :data:`ERROR_FILE` in its
+folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+RESULT_FILE = "result.json"  # a transfer run's record
+ENCODER_DIR = "encoder"  # a pre-training run's artifact folder
+META_FILE = "encoder.json"  # the artifact's metadata, written last
+ERROR_FILE = "error.txt"  # traceback, config hash and command of a failed job
+STAGES = ("pretrain", "transfer")
+
+
+def finished(stage: str, run_dir: Path) -> bool:
+    """Whether the run of ``stage`` in ``run_dir`` has finished."""
+    if stage == "pretrain":
+        return (Path(run_dir) / ENCODER_DIR / META_FILE).is_file()
+    if stage == "transfer":
+        return (Path(run_dir) / RESULT_FILE).is_file()
+    raise ValueError(f"stage is one of {STAGES}, got {stage!r}")
