@@ -22,8 +22,8 @@ PRESET   ?=
 # statistical test whose noise was measured over pre-training seeds (docs/leaderboards.md): a
 # fresh CPU, thread count or kernel set lands elsewhere, as a new seed does, and passes unless a
 # number dropped beyond its noise. An intended change of the numbers is re-calibrated:
-#   cxrbench bench --suite benchmarks/smoke.yaml --pretrain-seed 0 ... --pretrain-seed 11 --out R
-#   cxrbench leaderboard update --suite benchmarks/smoke.yaml --runs R
+#   cxrbench bench --suite benchmarks/smoke.yaml --pretrain-seed 0 ... --pretrain-seed 7 --out R
+#   cxrbench leaderboard update --suite benchmarks/smoke.yaml --runs R   (docs/leaderboards.md)
 REGRESS       := results/runs/regress
 REGRESS_SUITE := benchmarks/smoke.yaml
 
@@ -52,9 +52,9 @@ test: lint  ## lint, the whole test suite (CPU, < 15 min on 2 cores), then `make
 
 regress: install  ## smoke suite from scratch, checked against results/leaderboards/smoke.json
 	rm -rf $(REGRESS)
-	$(BIN)/cxrbench data synth --out $(REGRESS)/synth-small --preset small --seed 0 --no-progress \
+	$(BIN)/cxrbench data synth --out $(REGRESS)/synth-ci --preset ci --seed 0 --no-progress \
 		> /dev/null
-	$(BIN)/cxrbench bench --suite $(REGRESS_SUITE) --data-root $(REGRESS)/synth-small \
+	$(BIN)/cxrbench bench --suite $(REGRESS_SUITE) --data-root $(REGRESS)/synth-ci \
 		--out $(REGRESS)/runs --no-progress
 	$(BIN)/cxrbench leaderboard check --suite $(REGRESS_SUITE) --runs $(REGRESS)/runs
 

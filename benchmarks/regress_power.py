@@ -88,13 +88,13 @@ def regressed(report: str, method: str = "convirt") -> tuple[int, int]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="results/runs/power", type=Path)
-    parser.add_argument("--data-root", default=None, type=Path, help="default: OUT/synth-small")
+    parser.add_argument("--data-root", default=None, type=Path, help="default: OUT/synth-ci")
     parser.add_argument("--clean", default=None, type=Path, help="runs of a finished make regress")
     parser.add_argument("--fault", action="append", choices=FAULTS, help="default: all")
     args = parser.parse_args()
-    data = args.data_root or args.out / "synth-small"
+    data = args.data_root or args.out / "synth-ci"
     if not (data / "mimic-cxr-jpg").is_dir():
-        cxrbench(["data", "synth", "--out", str(data), "--preset", "small", "--no-progress"])
+        cxrbench(["data", "synth", "--out", str(data), "--preset", "ci", "--no-progress"])
     bench = ["bench", "--suite", SUITE, "--data-root", str(data), "--no-progress"]
     clean = args.clean or args.out / "clean"
     if args.clean is None:
@@ -108,7 +108,7 @@ def main() -> int:
         shutil.rmtree(runs, ignore_errors=True)
         shutil.copytree(clean / "smoke" / "random_init", runs / "smoke" / "random_init")
         with injected(fault):
-            cxrbench([*bench, "--out", str(runs), "--method", "convirt"])
+            cxrbench([*bench, "--out", str(runs), "--method", "convirt", "--name", "smoke"])
         status, report = check(runs)
         print(f"== {fault}\n{report}")
         summary.append((fault, status, *regressed(report)))
