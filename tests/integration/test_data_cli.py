@@ -52,4 +52,5 @@ def test_synth_command_and_missing_root_error(tmp_path, capsys) -> None:
     assert "siim (siim-acr)" in capsys.readouterr().out.splitlines()
     assert main(["ls"]) == 0  # --preset's presets and the SynthCXR presets, each under its name
     lines = capsys.readouterr().out.splitlines()
-    assert "presets: tiny, small, paper" in lines and "synth-presets: tiny, small, full, ci" in lines
+    assert "presets: tiny, small, paper" in lines
+    assert "synth-presets: tiny, small, full, ci" in lines
