@@ -28,14 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from cxrbench.report import gate
-from cxrbench.report.leaderboard import (
-    board_path,
-    compare,
-    entries_from_records,
-    failed,
-    format_check,
-    load,
-)
+from cxrbench.report.leaderboard import board_path, compare, entries_from_records, failed, load
+from cxrbench.report.leaderboard_text import format_check
 from cxrbench.report.schema import ResultRecord
 from cxrbench.report.suites import folder_records, resolve_suite, suite_grid
 

@@ -17,7 +17,7 @@ def _emit(text: str) -> None:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from cxrbench.report.leaderboard import run_check, run_update
+    from cxrbench.report.leaderboard_text import run_check, run_update
 
     runs, boards = Path(args.runs), Path(args.leaderboards)
     if args.leaderboard_command == "check":

@@ -20,7 +20,8 @@ recorded, never compared, since what a code change does to the numbers is what t
   ``new``: in the runs, not in the baseline.
 
 Regressed, incomparable and missing fail it (exit 1); a missing baseline is an error, never a
-skip. ``update`` rewrites the file, only when asked, and returns the diff and, per entry, the
+skip. The two commands and what they print are in :mod:`cxrbench.report.leaderboard_text`:
+``update`` rewrites the file, only when asked, and returns the diff and, per entry, the
 smallest drop the suite's own runs would be flagged for. Values are stored rounded to
 ``DECIMALS`` places. The policy, its false-alarm rate and how the noise was measured:
 docs/leaderboards.md.
@@ -41,8 +42,6 @@ from cxrbench.errors import CxrbenchError
 from cxrbench.report import gate
 from cxrbench.report.gate import Policy
 from cxrbench.report.schema import ResultRecord
-from cxrbench.report.suites import folder_records, planned_grid, resolve_suite, suite_grid
-from cxrbench.utils.io import atomic_write_text
 
 FORMAT_VERSION = 2
 DECIMALS = 6
@@ -152,7 +151,7 @@ class Leaderboard:
         entries = tuple(Entry.from_dict(e, f"{source}, entry {i}") for i, e in enumerate(raw))
         duplicates = [k for k, c in Counter(e.key for e in entries).items() if c > 1]
         if duplicates:
-            raise CxrbenchError(f"{source}: entry {_label(duplicates[0])} appears twice")
+            raise CxrbenchError(f"{source}: entry {label(duplicates[0])} appears twice")
         try:
             return cls(str(data.get("suite")), Policy(**policy), entries)
         except CxrbenchError as err:
@@ -171,12 +170,12 @@ class Verdict:
     note: str = ""
 
 
-def _label(key: Key) -> str:
+def label(key: Key) -> str:
     method, task, fraction = key
     return f"{method} / {task} / f{fraction:g}"
 
 
-def _joined(values: Iterable[str]) -> str:
+def joined(values: Iterable[str]) -> str:
     return ", ".join(sorted(set(values)))
 
 
@@ -187,7 +186,7 @@ def _units(key: Key, group: Sequence[ResultRecord], unit: str) -> tuple[float, .
     for r in group:
         if r.seed in by_pretrain[r.pretrain_seed]:
             raise CxrbenchError(
-                f"{_label(key)}: pre-training seed {r.pretrain_seed}, seed {r.seed} has two records"
+                f"{label(key)}: pre-training seed {r.pretrain_seed}, seed {r.seed} has two records"
             )
         by_pretrain[r.pretrain_seed][r.seed] = r.value
     seed_sets = {p: sorted(v) for p, v in by_pretrain.items()}
@@ -195,13 +194,13 @@ def _units(key: Key, group: Sequence[ResultRecord], unit: str) -> tuple[float, .
     for p, seeds in seed_sets.items():
         if seeds != seed_sets[first]:
             raise CxrbenchError(
-                f"{_label(key)}: pre-training seed {p} has transfer seeds {seeds}, seed {first} "
+                f"{label(key)}: pre-training seed {p} has transfer seeds {seeds}, seed {first} "
                 f"has {seed_sets[first]}: finish the runs (cxrbench bench) first"
             )
     if unit == "pretrain_seed":
         return tuple(float(np.mean(list(by_pretrain[p].values()))) for p in sorted(by_pretrain))
     if len(by_pretrain) > 1:
-        raise CxrbenchError(f"{_label(key)}: unit 'seed' needs runs of one pre-training seed")
+        raise CxrbenchError(f"{label(key)}: unit 'seed' needs runs of one pre-training seed")
     return tuple(by_pretrain[first][s] for s in seed_sets[first])
 
 
@@ -221,7 +220,7 @@ def entries_from_records(
             for name in ("task_version", "config_hash", "metric", "higher_is_better"):
                 if getattr(other, name) != getattr(first, name):
                     raise CxrbenchError(
-                        f"{_label(key)}: records with {name} {getattr(first, name)} and "
+                        f"{label(key)}: records with {name} {getattr(first, name)} and "
                         f"{getattr(other, name)} cannot be compared as one entry"
                     )
         pretrain_seeds = tuple(sorted({r.pretrain_seed for r in group}))
@@ -234,9 +233,9 @@ def entries_from_records(
             n=len(values), unit=unit, values=tuple(round(v, DECIMALS) for v in values),
             seeds=tuple(sorted({r.seed for r in group})), pretrain_seeds=pretrain_seeds,
             task_version=first.task_version, config_hash=first.config_hash,
-            data_fingerprint=_joined(r.data_fingerprint for r in group),
-            code_version=_joined(r.code_version for r in group),
-            device=_joined(r.device for r in group),
+            data_fingerprint=joined(r.data_fingerprint for r in group),
+            code_version=joined(r.code_version for r in group),
+            device=joined(r.device for r in group),
         ))  # fmt: skip
     return entries
 
@@ -265,13 +264,13 @@ def compare(
 
 def _judge(old: Entry, new: Entry, policy: Policy) -> Verdict:
     reasons = [
-        f"{words} {_show(getattr(old, name))} → {_show(getattr(new, name))}"
+        f"{words} {show(getattr(old, name))} → {show(getattr(new, name))}"
         for name, words in IDENTITY
         if getattr(old, name) != getattr(new, name)
     ]
     if reasons:
         return Verdict("incomparable", old.key, old, new, note="; ".join(reasons))
-    result = gate.t_test(_sample_of(old), _sample_of(new), old.higher_is_better, policy)
+    result = gate.t_test(sample_of(old), sample_of(new), old.higher_is_better, policy)
     delta = round(new.mean - old.mean, DECIMALS)
     notes = [] if result.se is not None else ["no spread to estimate: margin = floor"]
     if old.device != new.device:
@@ -280,13 +279,13 @@ def _judge(old: Entry, new: Entry, policy: Policy) -> Verdict:
     return Verdict(result.status, old.key, old, new, delta, margin, result.p_drop, "; ".join(notes))
 
 
-def _sample_of(entry: Entry) -> gate.Sample:
+def sample_of(entry: Entry) -> gate.Sample:
     """The entry's summary (mean, std, n), as stored: the test reads these, ``values`` are kept
     for audit and recomputation."""
     return gate.Sample(entry.mean, entry.std, entry.n)
 
 
-def _show(value: Any) -> str:
+def show(value: Any) -> str:
     if isinstance(value, tuple):
         return "[" + ", ".join(map(str, value)) + "]"
     return str(value)
@@ -294,105 +293,6 @@ def _show(value: Any) -> str:
 
 def failed(verdicts: Sequence[Verdict]) -> bool:
     return any(v.status in FAILING for v in verdicts)
-
-
-def _number(value: float | None, sign: bool = False) -> str:
-    if value is None:
-        return "–"
-    return f"{value:+.4f}" if sign else f"{value:.4f}"
-
-
-def _sample(entry: Entry | None) -> str:
-    if entry is None:
-        return "–"
-    return f"{entry.mean:.4f} ± {entry.std:.4f} (n={entry.n})"
-
-
-def _row(v: Verdict) -> tuple[str, ...]:
-    entry = v.baseline or v.current
-    assert entry is not None
-    arrow = "↑" if entry.higher_is_better else "↓"
-    p = "–" if v.p_drop is None else f"{v.p_drop:.2g}"
-    where = (entry.method, entry.task, f"{entry.fraction:g}", f"{entry.metric} {arrow}")
-    delta, margin = _number(v.delta, sign=True), _number(v.margin)
-    return (v.status, *where, _sample(v.baseline), _sample(v.current), delta, margin, p, v.note)
-
-
-def format_check(verdicts: Sequence[Verdict], board: Leaderboard, update: str = "") -> str:
-    """One aligned line per entry (status first), a summary line, and the ``update`` command
-    that would accept the runs as the new baseline when the check failed or found new entries."""
-    header = ("STATUS", "METHOD", "TASK", "FRACTION", "METRIC", "BASELINE", "CURRENT", "DELTA")
-    rows = [(*header, "MARGIN", "P(DROP)", "NOTE"), *(_row(v) for v in verdicts)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = [
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    ]
-    counts = Counter(v.status for v in verdicts)
-    tally = ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts[s]) or "no entries"
-    verdict = "FAILED" if failed(verdicts) else "passed"
-    alarm = gate.suite_false_alarm(board.policy.alpha, len(board.entries))
-    lines.append(
-        f"leaderboard {board.suite}: {tally} · {board.policy.describe()} (false alarm ≤ "
-        f"{alarm:.2%} for the suite when nothing changed) · {verdict}"
-    )
-    if failed(verdicts) or counts["new"]:
-        command = update or f"cxrbench leaderboard update --suite {board.suite}"
-        lines.append(f"if the change is intended: {command}")
-    return "\n".join(lines)
-
-
-def diff(old: Leaderboard | None, new: Leaderboard) -> str:
-    """What ``update`` changes: added / removed / changed entries, old → new."""
-    lines = [] if old is not None else [f"new leaderboard for suite {new.suite}"]
-    if old is not None and old.policy != new.policy:
-        lines.append(f"policy: {old.policy.describe()} → {new.policy.describe()}")
-    base = {} if old is None else {e.key: e for e in old.entries}
-    now = {e.key: e for e in new.entries}
-    counts: Counter[str] = Counter()
-    compared = ("mean", "std", "n", *(name for name, _ in IDENTITY), "device")
-    for key in sorted(base.keys() | now.keys()):
-        before, after = base.get(key), now.get(key)
-        if before is None or after is None:
-            word = "added" if before is None else "removed"
-            entry = after or before
-            assert entry is not None
-            counts[word] += 1
-            lines.append(f"{word:<8} {_label(key)}: {entry.metric} {_sample(entry)}")
-            continue
-        changes = [
-            f"{name} {_show(getattr(before, name))} → {_show(getattr(after, name))}"
-            for name in compared
-            if getattr(before, name) != getattr(after, name)
-        ]
-        counts["changed" if changes else "unchanged"] += 1
-        if changes:
-            lines.append(f"{'changed':<8} {_label(key)}: " + ", ".join(changes))
-    versions = _joined(e.code_version for e in new.entries)
-    lines.append(
-        ", ".join(f"{counts[w]} {w}" for w in ("added", "removed", "changed", "unchanged"))
-        + f" · code version {versions or '–'}"
-    )
-    return "\n".join(lines)
-
-
-def power_report(board: Leaderboard, check_units: int) -> str:
-    """Per entry, the smallest drop a check with ``check_units`` units (the suite's own runs) is
-    flagged for, assuming their spread is the baseline's; and how far each pre-trained entry is
-    above its random-init row, in those margins."""
-    lines = [
-        f"smallest drop flagged with {check_units} unit(s) per entry ({board.policy.describe()}):"
-    ]
-    base = {e.key: e for e in board.entries}
-    for e in sorted(board.entries, key=lambda e: e.key):
-        margin = gate.detectable(_sample_of(e), check_units, board.policy)
-        line = f"  {_label(e.key)}: {margin:.4f}"
-        reference = next((base.get((m, e.task, e.fraction)) for m in BASELINE_METHODS), None)
-        if reference is not None and e.method not in BASELINE_METHODS:
-            gain = (e.mean - reference.mean) * (1 if e.higher_is_better else -1)
-            line += f"; {gain:+.4f} vs {reference.method} ({gain / margin:.1f} margins)"
-        lines.append(line)
-    return "\n".join(lines)
 
 
 def board_path(leaderboards: Path, suite: str) -> Path:
@@ -412,71 +312,10 @@ def load(path: Path, suite: str, update: str = "") -> Leaderboard:
     return board
 
 
-def _absent(records: Sequence[ResultRecord], planned: frozenset | None) -> dict[Key, int]:
+def absent_runs(records: Sequence[ResultRecord], planned: frozenset | None) -> dict[Key, int]:
     """Per entry, the planned (method, task, fraction, pretrain seed, seed) runs with no record."""
     if planned is None:
         return {}
     have = {(r.method, r.task, float(r.fraction), r.pretrain_seed, r.seed) for r in records}
     counts: Counter[Key] = Counter((m, t, f) for m, t, f, _, _ in planned - have)
     return dict(counts)
-
-
-def run_check(suite: str, runs: Path, leaderboards: Path) -> tuple[str, int]:
-    """The check report and its exit status (0 passed, 1 failed)."""
-    name, spec = resolve_suite(suite)
-    update = f"cxrbench leaderboard update --suite {suite} --runs {runs}"
-    if Path(leaderboards) != DEFAULT_LEADERBOARDS:
-        update += f" --leaderboards {leaderboards}"
-    board = load(board_path(leaderboards, name), name, update)
-    records = folder_records(runs, name, suite_grid(spec) if spec else None)
-    absent = _absent(records, planned_grid(spec) if spec else None)
-    units = {e.key: e.unit for e in board.entries}
-    complete = [r for r in records if not absent.get((r.method, r.task, float(r.fraction)))]
-    verdicts = compare(board, entries_from_records(complete, units), absent)
-    return format_check(verdicts, board, update), 1 if failed(verdicts) else 0
-
-
-def run_update(
-    suite: str,
-    runs: Path,
-    leaderboards: Path,
-    floor: float | None = None,
-    alpha: float | None = None,
-) -> str:
-    """Rewrite the baseline from the runs (refusing incomplete ones) and return the diff and
-    the gate's power. The policy defaults to the existing file's, else :class:`Policy`'s."""
-    name, spec = resolve_suite(suite)
-    records = folder_records(runs, name, suite_grid(spec) if spec else None)
-    if not records:
-        raise CxrbenchError(f"{Path(runs) / name}: no result records of suite {name!r}")
-    absent = _absent(records, planned_grid(spec) if spec else None)
-    if absent:
-        m, t, f = sorted(absent)[0]
-        raise CxrbenchError(
-            f"{Path(runs) / name}: {sum(absent.values())} planned run(s) have no result, e.g. "
-            f"in {m}/{t}/f{f:g}; finish `cxrbench bench` before updating the baseline"
-        )
-    entries = entries_from_records(records)
-    path = board_path(leaderboards, name)
-    old = _previous(path, name)
-    default = old.policy if old else Policy()
-    policy = Policy(
-        default.alpha if alpha is None else alpha, default.floor if floor is None else floor
-    )
-    new = Leaderboard(name, policy, tuple(entries))
-    atomic_write_text(path, new.to_json())
-    check_units = len(spec.pretrain_seeds) if spec else 1
-    if any(e.unit == "seed" for e in entries) and spec:
-        check_units = len(spec.seeds)
-    return f"wrote {path}\n" + diff(old, new) + "\n" + power_report(new, check_units)
-
-
-def _previous(path: Path, name: str) -> Leaderboard | None:
-    """The file being replaced, when it is readable in this format (an older format's file is
-    replaced whole: its policy does not carry over)."""
-    if not path.exists():
-        return None
-    try:
-        return load(path, name)
-    except CxrbenchError:
-        return None
