@@ -28,7 +28,14 @@ from pathlib import Path
 import numpy as np
 
 from cxrbench.report import gate
-from cxrbench.report.leaderboard import board_path, compare, entries_from_records, failed, load
+from cxrbench.report.leaderboard import (
+    board_path,
+    compare,
+    entries_from_records,
+    failed,
+    label,
+    load,
+)
 from cxrbench.report.leaderboard_text import format_check
 from cxrbench.report.schema import ResultRecord
 from cxrbench.report.suites import folder_records, resolve_suite, suite_grid
@@ -44,10 +51,6 @@ def unit_values(records: list[ResultRecord]) -> dict[Key, dict[int, float]]:
     return {k: {p: float(np.mean(v)) for p, v in by.items()} for k, by in runs.items()}
 
 
-def label(key: Key) -> str:
-    return f"{key[0]} / {key[1]} / f{key[2]:g}"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calibration", required=True, type=Path)
@@ -57,7 +60,9 @@ def main() -> int:
     args = parser.parse_args()
     name, suite = resolve_suite(args.suite)
     assert suite is not None, "a suite file is needed"
-    policy = load(board_path(args.leaderboards, name), name).policy
+    board = load(board_path(args.leaderboards, name), name)
+    policy = board.policy
+    units = {e.key: e.unit for e in board.entries}
     k = len(suite.pretrain_seeds)
     calib = unit_values(folder_records(args.calibration, name, suite_grid(suite)))
 
@@ -108,8 +113,6 @@ def main() -> int:
             spread = statistics.pstdev(drifts) if len(drifts) > 1 else 0.0
             print(f"drift {proxy_name}: largest |Δ| {largest:.4f}, rms {spread:.4f}, "
                   f"{zero}/{len(drifts)} bit-identical")  # fmt: skip
-        board = load(board_path(args.leaderboards, name), name)
-        units = {e.key: e.unit for e in board.entries}
         verdicts = compare(board, entries_from_records(records, units))
         print(format_check(verdicts, board))
         status |= int(failed(verdicts))

@@ -8,7 +8,7 @@ an error naming both.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +35,22 @@ class Cell:
         return self.planned is None or self.n >= self.planned
 
 
+#: what the records of one (method, task, fraction) cell must share to be averaged together
+SHARED = ("task_version", "config_hash", "metric", "higher_is_better")
+
+
+def require_shared(group: Sequence[ResultRecord], where: str) -> None:
+    """An error naming the first of :data:`SHARED` on which the records of one cell differ."""
+    first = group[0]
+    for other in group[1:]:
+        for key in SHARED:
+            if getattr(other, key) != getattr(first, key):
+                raise CxrbenchError(
+                    f"{where}: records with {key} {getattr(first, key)} and "
+                    f"{getattr(other, key)} cannot be averaged"
+                )
+
+
 def aggregate(records: Iterable[ResultRecord], planned_seeds: int | None = None) -> list[Cell]:
     groups: dict[tuple[str, str, float], list[ResultRecord]] = defaultdict(list)
     for record in records:
@@ -42,13 +58,7 @@ def aggregate(records: Iterable[ResultRecord], planned_seeds: int | None = None)
     cells = []
     for (method, task, fraction), group in sorted(groups.items()):
         first = group[0]
-        for other in group[1:]:
-            for key in ("task_version", "config_hash", "metric"):
-                if getattr(other, key) != getattr(first, key):
-                    raise CxrbenchError(
-                        f"{method} / {task} / {fraction:g}: records with {key} "
-                        f"{getattr(first, key)} and {getattr(other, key)} cannot be averaged"
-                    )
+        require_shared(group, f"{method} / {task} / {fraction:g}")
         values = tuple(r.value for r in sorted(group, key=lambda r: (r.pretrain_seed, r.seed)))
         std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
         cells.append(

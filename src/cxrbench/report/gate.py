@@ -100,7 +100,8 @@ def t_test(baseline: Sample, current: Sample, higher_is_better: bool, policy: Po
     df = baseline.n + current.n - 2
     if df < 1:
         return Outcome(gain, policy.floor, None, df, None)
-    se = _pooled_se(baseline, current.std, current.n)
+    pooled = ((baseline.n - 1) * baseline.std**2 + (current.n - 1) * current.std**2) / df
+    se = math.sqrt(pooled * (1 / baseline.n + 1 / current.n))
     if se == 0:
         return Outcome(gain, policy.floor, 0.0, df, None)
     t_crit = float(stats.t.ppf(1 - policy.alpha, df))
@@ -108,20 +109,11 @@ def t_test(baseline: Sample, current: Sample, higher_is_better: bool, policy: Po
     return Outcome(gain, t_crit * se + policy.floor, se, df, p_drop)
 
 
-def _pooled_se(baseline: Sample, std: float, n: int) -> float:
-    df = baseline.n + n - 2
-    pooled = ((baseline.n - 1) * baseline.std**2 + (n - 1) * std**2) / df
-    return math.sqrt(pooled * (1 / baseline.n + 1 / n))
-
-
 def detectable(baseline: Sample, units: int, policy: Policy) -> float:
     """The margin a check with ``units`` current units gets when their spread is the baseline's:
     the smallest drop it flags (the gate's power, printed by ``leaderboard update``)."""
-    df = baseline.n + units - 2
-    if df < 1 or baseline.std == 0:
-        return policy.floor
-    t_crit = float(stats.t.ppf(1 - policy.alpha, df))
-    return t_crit * _pooled_se(baseline, baseline.std, units) + policy.floor
+    like = Sample(baseline.mean, baseline.std, units)
+    return t_test(baseline, like, True, policy).margin
 
 
 def suite_false_alarm(alpha: float, entries: int) -> float:

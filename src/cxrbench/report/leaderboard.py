@@ -40,6 +40,7 @@ import numpy as np
 
 from cxrbench.errors import CxrbenchError
 from cxrbench.report import gate
+from cxrbench.report.aggregate import require_shared
 from cxrbench.report.gate import Policy
 from cxrbench.report.schema import ResultRecord
 
@@ -216,13 +217,7 @@ def entries_from_records(
     entries = []
     for key, group in sorted(groups.items()):
         first = group[0]
-        for other in group[1:]:
-            for name in ("task_version", "config_hash", "metric", "higher_is_better"):
-                if getattr(other, name) != getattr(first, name):
-                    raise CxrbenchError(
-                        f"{label(key)}: records with {name} {getattr(first, name)} and "
-                        f"{getattr(other, name)} cannot be compared as one entry"
-                    )
+        require_shared(group, label(key))
         pretrain_seeds = tuple(sorted({r.pretrain_seed for r in group}))
         unit = (units or {}).get(key) or ("pretrain_seed" if len(pretrain_seeds) > 1 else "seed")
         values = _units(key, group, unit)
