@@ -12,7 +12,8 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+import math
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -111,6 +112,74 @@ def build(schema: type[T], layers: Iterable[Layer]) -> T:
     obj = OmegaConf.to_object(merged)
     assert isinstance(obj, schema)
     return obj
+
+
+#: ranges of the numeric settings, by key name wherever it appears in a schema: (low, high,
+#: whether low itself is allowed, what the error says is expected). ``None`` values are not checked.
+RANGES: dict[str, tuple[float, float, bool, str]] = {
+    "seed": (0, 2**32 - 1, True, "an integer in [0, 2^32)"),
+    "batch_size": (1, math.inf, True, "an integer >= 1"),
+    "feature_batch_size": (1, math.inf, True, "an integer >= 1"),
+    "max_epochs": (1, math.inf, True, "an integer >= 1"),
+    "resize": (1, math.inf, True, "an integer >= 1"),
+    "crop": (1, math.inf, True, "an integer >= 1"),
+    "devices": (1, math.inf, True, "an integer >= 1"),
+    "num_nodes": (1, math.inf, True, "an integer >= 1"),
+    "log_every": (1, math.inf, True, "an integer >= 1"),
+    "val_every": (1, math.inf, True, "an integer >= 1"),
+    "limit_pairs": (1, math.inf, True, "an integer >= 1 (or null for all)"),
+    "workers": (0, math.inf, True, "an integer >= 0"),
+    "checkpoint_every": (0, math.inf, True, "an integer >= 0 (0: off)"),
+    "patience": (0, math.inf, True, "an integer >= 0"),
+    "min_steps_per_epoch": (0, math.inf, True, "an integer >= 0 (0: off)"),
+    "lr": (0, math.inf, False, "a number > 0"),
+    "weight_decay": (0, math.inf, True, "a number >= 0"),
+    "warmup": (0, 1, True, "a fraction in [0, 1]"),
+    "min_lr_ratio": (0, 1, True, "a fraction in [0, 1]"),
+    "grad_clip": (0, math.inf, False, "a number > 0 (or null for none)"),
+}
+
+
+def check_ranges(obj: Any, layers: Iterable[Layer]) -> None:
+    """Every numeric setting of ``obj`` (a built schema) within :data:`RANGES`; the error names
+    the layer (file or ``--set``) that gave the value and the dotted key. ``max_steps`` is -1
+    (off) or >= 1. ``params`` (a method's or system's own settings, validated by its own
+    ``Config``) and ``loss_weights`` are not checked here."""
+    layers = list(layers)
+    for key, value in _leaves(to_plain(obj)):
+        if key.split(".", 1)[0] in ("params", "loss_weights"):
+            continue
+        name = key.rsplit(".", 1)[-1]
+        if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        bad = None
+        if name == "max_steps" and not (value == -1 or value >= 1):
+            bad = "-1 (no limit) or an integer >= 1"
+        elif name in RANGES:
+            low, high, closed, expected = RANGES[name]
+            if not (low <= value <= high) or (value == low and not closed):
+                bad = expected
+        if bad is not None:
+            source = next((x.source for x in reversed(layers) if _has_key(x.values, key)), None)
+            raise ConfigError(source, key, f"expected {bad}, got {value!r}")
+
+
+def _leaves(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _leaves(v, f"{prefix}{k}.")
+    else:
+        yield prefix.rstrip("."), node
+
+
+def _has_key(values: DictConfig, key: str) -> bool:
+    try:
+        return OmegaConf.select(values, key, default=_ABSENT, throw_on_missing=False) is not _ABSENT
+    except OmegaConfBaseException:
+        return False
+
+
+_ABSENT = object()
 
 
 def _required_keys(node: DictConfig, prefix: str = "") -> list[str]:

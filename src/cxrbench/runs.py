@@ -18,6 +18,16 @@ ERROR_FILE = "error.txt"  # traceback, config hash and command of a failed job
 STAGES = ("pretrain", "transfer")
 
 
+def has_progress(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds anything a run made that a rerun would reuse: a checkpoint,
+    the encoder artifact or the result. A folder without any (its run failed before saving)
+    may be taken over by a run with another config."""
+    run_dir = Path(run_dir)
+    checkpoints = run_dir / "checkpoints"
+    saved = checkpoints.is_dir() and any(checkpoints.glob("*.ckpt"))
+    return saved or (run_dir / ENCODER_DIR).exists() or (run_dir / RESULT_FILE).is_file()
+
+
 def finished(stage: str, run_dir: Path) -> bool:
     """Whether the run of ``stage`` in ``run_dir`` has finished."""
     if stage == "pretrain":

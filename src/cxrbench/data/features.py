@@ -26,6 +26,7 @@ import torch
 from cxrbench.data.codecs import read_image
 from cxrbench.data.transforms import mgca_image
 from cxrbench.utils.io import atomic_write_bytes
+from cxrbench.utils.lock import exclusive
 
 log = logging.getLogger(__name__)
 
@@ -114,11 +115,19 @@ class FeatureCache:
         return self.root / f"{key}.safetensors"
 
     def get(self, key: str) -> torch.Tensor | None:
+        """The stored features, or None; an entry that does not load (a file damaged outside
+        cxrbench: writes are atomic) is deleted with a warning and recomputed."""
         path = self.path(key)
         if not path.is_file():
             return None
+        try:
+            features = safetensors.torch.load_file(path)["features"]
+        except Exception as err:  # safetensors raises its own error types
+            log.warning("%s: cached features do not load (%s); recomputing them", path, err)
+            path.unlink(missing_ok=True)
+            return None
         self.hits += 1
-        return safetensors.torch.load_file(path)["features"]
+        return features
 
     def put(self, key: str, features: torch.Tensor) -> None:
         data = safetensors.torch.save({"features": features.contiguous()})
@@ -133,12 +142,21 @@ class FeatureCache:
         crop: int,
         batch_size: int = 128,
     ) -> torch.Tensor:
-        """Cached features of ``paths``, extracted (and stored) on a miss."""
+        """Cached features of ``paths``, extracted (and stored) on a miss. One process extracts
+        an entry at a time (a second waits for it, then reads the stored features)."""
         cached = self.get(key)
         if cached is not None:
             return cached
-        self.misses += 1
-        log.info("extracting features of %d images (cache miss)", len(paths))
-        features = extract_features(encoder, paths, resize, crop, batch_size)
-        self.put(key, features)
+        lock = self.root / f".{key}.lock"
+        with exclusive(self.root, what="feature cache entry", lock_file=lock):
+            cached = self.get(key)
+            if cached is not None:
+                return cached
+            self.misses += 1
+            log.info("extracting features of %d images (cache miss)", len(paths))
+            features = extract_features(encoder, paths, resize, crop, batch_size)
+            self.put(key, features)
+        # entries are many: leave no lock file behind (a process that was waiting on it finds
+        # the stored features; only a failed extraction, which skips this, leaves it)
+        lock.unlink(missing_ok=True)
         return features

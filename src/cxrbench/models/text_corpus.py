@@ -16,6 +16,7 @@ from typing import Any
 
 from cxrbench.errors import CxrbenchError
 from cxrbench.models.text_pretrain import SUMMARY_FILE, text_settings, train_text_model
+from cxrbench.utils.lock import exclusive
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,14 @@ def pretrain_text(
     if len(texts) < 2:
         raise CxrbenchError(f"{folder}: {len(texts)} train-split report(s) with text; need 2+")
     params = {**PRESETS[preset], "max_length": 112, "mask_prob": 0.15, "seed": seed}
+    lock = out.parent / f".{out.name}.lock"  # runs that start together train it once
+    with exclusive(out.parent, what="corpus text model", lock_file=lock):
+        return _train_or_reuse(texts, out, params, force=force, progress=progress, device=device)
+
+
+def _train_or_reuse(
+    texts: list[str], out: Path, params: dict[str, Any], *, force: bool, progress: bool, device: str
+) -> dict[str, Any]:
     existing = read_summary(out)
     if existing is not None and not force:
         if existing.get("settings") == text_settings(texts, **params):

@@ -27,8 +27,9 @@ from cxrbench.methods.base import PretrainConfig, PretrainMethod
 from cxrbench.models.artifact import export_encoder
 from cxrbench.models.backbones import build_backbone
 from cxrbench.runner.resolve import PretrainJob
-from cxrbench.runs import ENCODER_DIR, finished
+from cxrbench.runs import ENCODER_DIR, finished, has_progress
 from cxrbench.utils.io import atomic_write_text, load_checkpoint, sha256_file
+from cxrbench.utils.lock import exclusive
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +80,9 @@ def build_method(job: PretrainJob, text_path: Path | None) -> PretrainMethod:
 def _loaders(
     job: PretrainJob, method: PretrainMethod, data_root: Path, mimic_root: Path
 ) -> tuple[Any, Any, int]:
-    from torch.utils.data import DataLoader
 
     from cxrbench.data.pretrain import PairDataset, collate, load_pairs
+    from cxrbench.data.resumable import EvalLoader, ResumableLoader
 
     d = job.cfg.data
     datasets = {}
@@ -98,25 +99,27 @@ def _loaders(
         "collate_fn": collate,
         "persistent_workers": d.workers > 0,
     }
-    train = DataLoader(datasets["train"], shuffle=True, drop_last=n_train > d.batch_size, **common)
-    val = DataLoader(datasets["val"], shuffle=False, **common)
+    # order and augmentation from (seed, epoch, item): a resumed run equals an uninterrupted one
+    train = ResumableLoader(datasets["train"], seed=job.cfg.seed, drop_last=n_train > d.batch_size,
+                            **common)  # fmt: skip
+    val = EvalLoader(datasets["val"], shuffle=False, **common)
     return train, val, n_train
 
 
-def _trainer(job: PretrainJob, run_dir: Path) -> L.Trainer:
+def _trainer(job: PretrainJob, run_dir: Path, train: Any) -> L.Trainer:
     from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
     from lightning.pytorch.loggers import CSVLogger
 
-    from cxrbench.systems.callbacks import RNGState
+    from cxrbench.runner.checkpoints import AtomicCheckpointIO
+    from cxrbench.systems.callbacks import LoaderPosition, RNGState, WallClock
 
     quiet_libraries()  # Lightning installs its own handlers when first imported
     t = job.cfg.trainer
-    callbacks: list[Any] = [
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", save_top_k=1,
-                        enable_version_counter=False,
-                        every_n_train_steps=t.checkpoint_every or None),
-        RNGState(),
-    ]  # fmt: skip
+    last: dict[str, Any] = {"dirpath": run_dir / "checkpoints", "filename": "last",
+                            "save_top_k": 1, "enable_version_counter": False}  # fmt: skip
+    callbacks: list[Any] = [ModelCheckpoint(**last), RNGState(), WallClock(), LoaderPosition(train)]
+    if t.checkpoint_every:  # and every N steps (the same file: the newer state wins)
+        callbacks.append(ModelCheckpoint(**last, every_n_train_steps=t.checkpoint_every))
     if t.progress:
         callbacks.append(RichProgressBar(leave=True))
     return L.Trainer(
@@ -137,6 +140,8 @@ def _trainer(job: PretrainJob, run_dir: Path) -> L.Trainer:
         enable_progress_bar=t.progress,
         enable_model_summary=False,
         num_sanity_val_steps=0,
+        use_distributed_sampler=False,  # the train loader shards itself (data/resumable.py)
+        plugins=[AtomicCheckpointIO()],
     )
 
 
@@ -144,42 +149,57 @@ def run_pretrain(job: PretrainJob, data_root: Path, run_dir: Path) -> Path:
     """Pre-train (resuming from ``last.ckpt`` when present) and export the encoder artifact.
 
     Returns the artifact folder ``run_dir/encoder``. A finished run (artifact present with the
-    same config hash) is returned as is.
+    same config hash) is returned as is. One process at a time works in ``run_dir`` (a second
+    waits for the first, then finds its artifact).
     """
+    run_dir = Path(run_dir)
+    with exclusive(run_dir):
+        return _run_pretrain(job, Path(data_root), run_dir)
+
+
+def _run_pretrain(job: PretrainJob, data_root: Path, run_dir: Path) -> Path:
+    from cxrbench.runner.checkpoints import resume_point
+    from cxrbench.systems.callbacks import WallClock
     from cxrbench.systems.pretrain import PretrainSystem
 
-    run_dir = Path(run_dir)
     artifact = run_dir / ENCODER_DIR
     _check_run_dir(run_dir, job)
     if finished("pretrain", run_dir):
         log.info("encoder artifact already exists: %s", artifact)
         return artifact
-    mimic_root = dataset_folder("mimic", data_root, job.cfg.data)
-    cls = METHODS.get(job.cfg.method)
-    text_path = resolve_text_model(job, mimic_root, job.cfg.trainer.progress)
-    if text_path is not None:
-        atomic_write_text(run_dir / "text_model.txt", f"{text_path.resolve()}\n")
-    L.seed_everything(job.cfg.seed, workers=True, verbose=False)
-    method = build_method(job, text_path)
-    method.train()  # HF models load in eval mode; frozen parts keep eval through their train()
     start = time.perf_counter()
+    cls = METHODS.get(job.cfg.method)
     stats: dict[str, Any] = {"pretrain_seed": job.cfg.seed, "preset": job.preset}
+    before = 0.0  # training seconds of earlier attempts of this run (resumed)
+    L.seed_everything(job.cfg.seed, workers=True, verbose=False)
+    if cls.trains:  # random_init / imagenet read no data
+        mimic_root = dataset_folder("mimic", data_root, job.cfg.data)
+        text_path = resolve_text_model(job, mimic_root, job.cfg.trainer.progress)
+        if text_path is not None:
+            atomic_write_text(run_dir / "text_model.txt", f"{text_path.resolve()}\n")
+        L.seed_everything(job.cfg.seed, workers=True, verbose=False)
+        method = build_method(job, text_path)
+    else:
+        method = build_method(job, None)
+    method.train()  # HF models load in eval mode; frozen parts keep eval through their train()
     if cls.trains:
         stats["corpus_fingerprint"] = corpus_fingerprint(mimic_root)
-    if cls.trains:
-        trainer = _trainer(job, run_dir)
-        train, val, n_train = _loaders(job, method, Path(data_root), mimic_root)
+        train, val, n_train = _loaders(job, method, data_root, mimic_root)
+        trainer = _trainer(job, run_dir, train)
         system = PretrainSystem(method, job.cfg)
         last = run_dir / "checkpoints" / "last.ckpt"
-        trainer.fit(system, train, val, ckpt_path=last if last.is_file() else None,
-                    weights_only=True)  # fmt: skip
+        trainer.fit(system, train, val, ckpt_path=resume_point(last), weights_only=True)
         if not trainer.is_global_zero:
             return artifact
         # read progress from the checkpoint: with ddp_spawn this process's trainer never stepped
         done = load_checkpoint(last)
         stats.update(train_examples=n_train, steps=int(done["global_step"]),
                      epochs=int(done["epoch"]) + 1)  # fmt: skip
-    stats["wall_seconds"] = round(time.perf_counter() - start, 2)
+        clock = next(c for c in trainer.callbacks if isinstance(c, WallClock))  # type: ignore[attr-defined]
+        before = clock.before
+        if before:
+            stats["resumed"] = True
+    stats["wall_seconds"] = round(before + time.perf_counter() - start, 2)
     export_encoder(method.image_encoder(), artifact, method=job.cfg.method,
                    config_hash=job.config_hash, extra=stats)  # fmt: skip
     log.info("exported %s encoder to %s (%.1f s)", job.cfg.method, artifact, stats["wall_seconds"])
@@ -187,19 +207,24 @@ def run_pretrain(job: PretrainJob, data_root: Path, run_dir: Path) -> Path:
 
 
 def _check_run_dir(run_dir: Path, job: PretrainJob) -> None:
-    """Write the resolved config; refuse a run folder made with another config."""
+    """Write the resolved config; refuse a run folder whose progress (a checkpoint or the
+    artifact) was made with another config. A folder whose run saved nothing (it failed before
+    its first checkpoint) is taken over: it holds nothing to protect."""
     path = run_dir / "config.yaml"
     text = OmegaConf.to_yaml(OmegaConf.create(
         {"config_hash": job.config_hash, "preset": job.preset, **to_plain(job.cfg)}
     ))  # fmt: skip
     if path.is_file():
         stored = load_yaml(path).values.get("config_hash")
-        if stored != job.config_hash:
+        if stored == job.config_hash:
+            return
+        if has_progress(run_dir):
             raise CxrbenchError(
                 f"{run_dir}: holds a run with config hash {stored}, but this run's hash is "
                 f"{job.config_hash}; use another --out or delete the folder"
             )
-        return
+        log.info("%s: its run (config hash %s) saved nothing; starting this one there",
+                 run_dir, stored)  # fmt: skip
     atomic_write_text(path, text)
 
 

@@ -32,6 +32,7 @@ from omegaconf import OmegaConf
 from cxrbench.config import (
     Layer,
     build,
+    check_ranges,
     config_hash,
     load_yaml,
     packaged_config,
@@ -58,7 +59,13 @@ PRETRAIN_NON_RESULT_KEYS = (
     "trainer.log_every",
     "trainer.checkpoint_every",
 )
-TRANSFER_NON_RESULT_KEYS = ("train.workers", "trainer.progress", "train.feature_batch_size", "data")
+TRANSFER_NON_RESULT_KEYS = (
+    "train.workers",
+    "trainer.progress",
+    "trainer.checkpoint_every",
+    "train.feature_batch_size",
+    "data",
+)
 PRESET_SECTIONS = ("pretrain", "transfer", "transfer_<kind>")
 SYNTH_PRESETS = {"tiny": "tiny", "small": "small"}  # trainer preset → its SynthCXR corpus
 
@@ -112,6 +119,7 @@ def load_config(
         if "method" in layer.values and layer.values["method"] != method:
             raise ConfigError(layer.source, "method", "cannot change the method to another one")
     cfg = build(PretrainConfig, layers)
+    check_ranges(cfg, layers)
     if cfg.text.padding not in ("longest", "max_length"):
         source = next((x.source for x in reversed(layers) if "padding" in x.values.get("text", {})),
                       None)  # fmt: skip
@@ -170,6 +178,7 @@ def load_task(
         parse_overrides(overrides or []),
     ]
     cfg = build(TaskConfig, layers)
+    check_ranges(cfg, layers)
     if cfg.dataset != cls.dataset:
         raise ConfigError(
             task_layer.source,

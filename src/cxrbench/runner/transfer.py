@@ -29,19 +29,23 @@ from cxrbench.provenance import code_version, device_name
 from cxrbench.report.schema import ResultRecord
 from cxrbench.report.store import read_record, write_record
 from cxrbench.runner.resolve import TransferJob
-from cxrbench.runs import RESULT_FILE, finished
+from cxrbench.runs import RESULT_FILE, finished, has_progress
 from cxrbench.utils.io import atomic_write_text
+from cxrbench.utils.lock import exclusive
 
 log = logging.getLogger(__name__)
 #: Lightning's warning about modules in eval mode: expected for a frozen encoder, so silenced there
 EVAL_MODE_WARNING = r"Found \d+ module\(s\) in eval mode at the start of training"
 
 
-def _trainer(job: TransferJob, run_dir: Path, monitor: str, mode: str) -> tuple[L.Trainer, Any]:
+def _trainer(
+    job: TransferJob, run_dir: Path, monitor: str, mode: str, train: Any
+) -> tuple[L.Trainer, Any]:
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
     from lightning.pytorch.loggers import CSVLogger
 
-    from cxrbench.systems.callbacks import RNGState
+    from cxrbench.runner.checkpoints import AtomicCheckpointIO
+    from cxrbench.systems.callbacks import LoaderPosition, RNGState, WallClock
 
     quiet_libraries()
     t, c = job.cfg.trainer, job.cfg.train
@@ -56,8 +60,15 @@ def _trainer(job: TransferJob, run_dir: Path, monitor: str, mode: str) -> tuple[
     callbacks: list[Any] = [
         best,
         RNGState(),
+        WallClock(),
         EarlyStopping(monitor=monitor, mode=mode, patience=c.patience),
     ]
+    if hasattr(train, "load_state_dict"):  # a ResumableLoader: its position is checkpointed
+        callbacks.append(LoaderPosition(train))
+    if t.checkpoint_every:  # mid-epoch resume points as well (the same file: newer state wins)
+        callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last",
+                                         save_top_k=1, enable_version_counter=False,
+                                         every_n_train_steps=t.checkpoint_every))  # fmt: skip
     if t.progress:
         callbacks.append(RichProgressBar(leave=False))
     trainer = L.Trainer(
@@ -73,6 +84,8 @@ def _trainer(job: TransferJob, run_dir: Path, monitor: str, mode: str) -> tuple[
         num_sanity_val_steps=0,
         log_every_n_steps=1,
         deterministic=True,
+        use_distributed_sampler=False,  # the train loader orders itself (data/resumable.py)
+        plugins=[AtomicCheckpointIO()],
     )
     return trainer, best
 
@@ -91,15 +104,33 @@ def run_transfer(
     """Run (or resume, or skip when done) one transfer job and return its result record.
 
     The system of the task's kind (``SYSTEMS``) builds the head and the loaders; everything else
-    (identity, encoder, seeding, checkpoints, resume, the record) is the same for every kind."""
-    from cxrbench.systems import SYSTEMS
-
+    (identity, encoder, seeding, checkpoints, resume, the record) is the same for every kind.
+    One process at a time works in ``run_dir``."""
     if job.fraction is not None and not math.isclose(job.fraction, fraction):
         raise CxrbenchError(
             f"{job.task.name}: the protocol was resolved for fraction {job.fraction:g}, the run "
             f"is at {fraction:g}; load the task with fraction={fraction:g}"
         )
     run_dir = Path(run_dir)
+    with exclusive(run_dir):  # a second process waits, then finds the result
+        return _run_transfer(job, Path(artifact), Path(data_root), fraction, seed, run_dir,
+                             cache, suite)  # fmt: skip
+
+
+def _run_transfer(
+    job: TransferJob,
+    artifact: Path,
+    data_root: Path,
+    fraction: float,
+    seed: int,
+    run_dir: Path,
+    cache: FeatureCache,
+    suite: str,
+) -> ResultRecord:
+    from cxrbench.runner.checkpoints import resume_point
+    from cxrbench.systems import SYSTEMS
+    from cxrbench.systems.callbacks import WallClock
+
     result = run_dir / RESULT_FILE
     _claim(run_dir, job, artifact)
     if finished("transfer", run_dir):
@@ -113,7 +144,8 @@ def run_transfer(
     L.seed_everything(seed, workers=True, verbose=False)
     prepared = system_cls.prepare(job.task, job.cfg, data, encoder, meta, cache)
     system = prepared.system
-    trainer, best = _trainer(job, run_dir, system_cls.monitor, system_cls.monitor_mode)
+    trainer, best = _trainer(job, run_dir, system_cls.monitor, system_cls.monitor_mode,
+                             prepared.train)  # fmt: skip
     last = run_dir / "checkpoints" / "last.ckpt"
     with warnings.catch_warnings():
         if not job.cfg.probe.finetune:  # a frozen encoder is in eval mode on purpose
@@ -122,7 +154,7 @@ def run_transfer(
             system,
             prepared.train,
             prepared.val,
-            ckpt_path=last if last.is_file() else None,
+            ckpt_path=resume_point(last),
             weights_only=True,
         )
     trainer.test(
@@ -132,6 +164,7 @@ def run_transfer(
         verbose=False,
         weights_only=True,
     )
+    clock = next(c for c in trainer.callbacks if isinstance(c, WallClock))  # type: ignore[attr-defined]
     selected = float(best.best_model_score if best.best_model_score is not None else float("nan"))
     metrics = {**system.test_results, system_cls.monitor: selected}
     record = ResultRecord(
@@ -151,7 +184,7 @@ def run_transfer(
         split_hash=data.split_hash,
         data_fingerprint=data.fingerprint,
         probe_mode=prepared.probe_mode,
-        wall_seconds=round(time.perf_counter() - start, 2),
+        wall_seconds=round(clock.before + time.perf_counter() - start, 2),  # all attempts
         device=device_name(trainer.strategy.root_device),
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
@@ -172,11 +205,15 @@ def _claim(run_dir: Path, job: TransferJob, artifact: Path) -> None:
     path = run_dir / "config.yaml"
     if path.is_file():
         stored = load_yaml(path).values
-        for key in ("config_hash", "encoder_sha256"):
-            if stored.get(key) != identity[key]:
-                raise CxrbenchError(
-                    f"{run_dir}: holds a run with {key} {stored.get(key)}, this run has "
-                    f"{identity[key]}; delete the folder (or pass --force) to re-run it"
-                )
-        return
+        differs = [k for k in ("config_hash", "encoder_sha256") if stored.get(k) != identity[k]]
+        if not differs:
+            return
+        key = differs[0]
+        if has_progress(run_dir):
+            raise CxrbenchError(
+                f"{run_dir}: holds a run with {key} {stored.get(key)}, this run has "
+                f"{identity[key]}; delete the folder (or pass --force) to re-run it"
+            )
+        log.info("%s: its run (%s %s) saved nothing; starting this one there", run_dir, key,
+                 stored.get(key))  # fmt: skip
     atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.create(identity)))

@@ -15,8 +15,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import lightning as L
+import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset
+
+from cxrbench.data.resumable import EvalLoader, ResumableLoader
 
 if TYPE_CHECKING:
     from cxrbench.data.features import FeatureCache
@@ -70,21 +73,20 @@ def loader(
 
     ``train.min_steps_per_epoch`` (0: off) makes a training epoch at least that many batches by
     drawing several reshuffled passes over the items (never sampling with replacement inside a
-    pass): at 1% labels an epoch can otherwise be a single step, and an epoch-based schedule then
+    pass; :class:`~cxrbench.data.resumable.EpochSampler`): at 1% labels an epoch can otherwise be
+    a single step, and an epoch-based schedule then
     trains a decoder or detection head for a handful of steps. Evaluation loaders are unchanged.
     """
     n_workers = cfg.train.workers if workers is None else workers
-    sampler = None
+    common: dict[str, Any] = {
+        "batch_size": cfg.train.batch_size,
+        "num_workers": n_workers,
+        "persistent_workers": n_workers > 0,
+        "collate_fn": collate_fn,
+    }
+    if not train:
+        return EvalLoader(rows, shuffle=False, **common)
     size = len(rows)  # type: ignore[arg-type]
     want = cfg.train.min_steps_per_epoch * cfg.train.batch_size
-    if train and want > size > 0:
-        sampler = RandomSampler(rows, num_samples=want)  # type: ignore[arg-type]
-    return DataLoader(
-        rows,
-        batch_size=cfg.train.batch_size,
-        shuffle=train and sampler is None,
-        sampler=sampler,
-        num_workers=n_workers,
-        persistent_workers=n_workers > 0,
-        collate_fn=collate_fn,
-    )
+    # the run's seed (run_transfer seeds everything before the system builds its loaders)
+    return ResumableLoader(rows, seed=torch.initial_seed(), num_samples=max(want, size), **common)

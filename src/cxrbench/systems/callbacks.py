@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from typing import Any
 
 import lightning as L
@@ -39,3 +40,45 @@ class RNGState(L.Callback):
         torch.set_rng_state(state["torch"])
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class WallClock(L.Callback):
+    """Training seconds over every attempt of a run: the checkpoint carries the seconds of the
+    attempts before, so a resumed run reports its whole training time, not only the last part."""
+
+    def __init__(self) -> None:
+        self.before = 0.0
+        self.started: float | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.started = time.perf_counter()
+
+    def seconds(self) -> float:
+        running = 0.0 if self.started is None else time.perf_counter() - self.started
+        return self.before + running
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seconds": self.seconds()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.before = float(state.get("seconds", 0.0))
+
+
+class LoaderPosition(L.Callback):
+    """Save and restore the training loader's position (a
+    :class:`~cxrbench.data.resumable.ResumableLoader`) with each checkpoint.
+
+    Lightning saves a stateful loader's state itself, but gives it back only when the loader is
+    first set up after the checkpoint's loops are restored; a ``configure_optimizers`` that asks
+    for ``estimated_stepping_batches`` sets it up before that, and the position is then silently
+    dropped (the resumed epoch starts again from its first batch). Callback states are restored
+    first, before any batch is drawn."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.loader.state_dict())
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loader.load_state_dict(state)

@@ -77,6 +77,7 @@ class TransferTrainerSpec:
     devices: int = 1
     precision: str = "32-true"
     progress: bool = True
+    checkpoint_every: int = 0  # also save last.ckpt every N steps (0: at validation ends only)
 
 
 @dataclass
