@@ -10,8 +10,11 @@ import gzip
 from pathlib import Path
 
 import numpy as np
+import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 # ------------------------------------------------------------------------------------------ images
@@ -69,6 +72,27 @@ def write_dicom(
     if with_pixels:
         ds.PixelData = pixels.astype("<u2" if ds.BitsAllocated == 16 else np.uint8).tobytes()
     ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def relabel_transfer_syntax(path: Path, uid: str | None) -> Path:
+    """Rewrite a DICOM's file meta to claim transfer syntax ``uid`` (``None``: no Transfer Syntax
+    UID at all), leaving its pixels as they are.
+
+    (pydicom refuses to write such a file, e.g. a JPEG 2000 label over raw pixels; some real
+    downloads have them.)
+    """
+    data = path.read_bytes()
+    meta = pydicom.dcmread(path, stop_before_pixels=True).file_meta
+    body = data[132 + 12 + int(meta.FileMetaInformationGroupLength) :]  # 12: the length element
+    if uid is None:
+        del meta.TransferSyntaxUID
+    else:
+        meta.TransferSyntaxUID = uid
+    header = DicomBytesIO()
+    header.is_little_endian, header.is_implicit_VR = True, False
+    write_file_meta_info(header, meta, enforce_standard=uid is not None)
+    path.write_bytes(data[:132] + header.getvalue() + body)
     return path
 
 
