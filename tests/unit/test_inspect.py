@@ -1,5 +1,6 @@
 """Decoding DICOMs as a run would: transfer syntaxes the installed pydicom handlers cannot decode,
-Pixel Data not stored as the syntax says, any decoder failure, errors that cross processes.
+Pixel Data not stored as the syntax says, any decoder failure, errors that cross processes; RSNA
+rows that contradict each other.
 """
 
 from __future__ import annotations
@@ -9,10 +10,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures_formats import relabel_transfer_syntax, write_dicom
+from fixtures_formats import (
+    RSNA_LABELS,
+    relabel_transfer_syntax,
+    write_dicom,
+    write_rsna,
+    write_text,
+)
 
 from cxrbench.data import codecs
 from cxrbench.data.codecs import check_transfer_syntax, image_size, read_image
+from cxrbench.data.formats import rsna
+from cxrbench.data.inspect import inspect_dataset
 from cxrbench.errors import DataFormatError
 
 JPEG2000_LOSSLESS = "1.2.840.10008.1.2.4.90"
@@ -99,3 +108,25 @@ def test_data_format_error_survives_pickling() -> None:
     assert (error.path, error.expected, error.got, error.line, error.hint) == (
         Path("a.csv"), "x", "y", 3, "hint"
     )  # fmt: skip
+
+
+# -------------------------------------------------------------------------------------------- RSNA
+
+
+@pytest.mark.parametrize(
+    ("row", "got"),
+    [
+        ("p-bbb,,,,,0", "Target 1 on lines 3, 4 and Target 0 on line 7"),
+        ("p-aaa,1,2,3,4,1", "Target 1 on line 7 and Target 0 on line 2"),
+    ],
+)
+def test_rsna_contradictory_rows_are_an_error_of_the_reader(
+    tmp_path: Path, row: str, got: str
+) -> None:
+    root = write_rsna(tmp_path / "rsna-pneumonia")
+    labels = write_text(root / "stage_2_train_labels.csv", RSNA_LABELS + row + "\n")
+    for read in (rsna.read, lambda r: inspect_dataset("rsna", r)):
+        with pytest.raises(DataFormatError, match="agree") as info:
+            read(root)
+        assert info.value.path == labels and info.value.line == 7
+        assert got in str(info.value.got)
