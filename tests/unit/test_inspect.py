@@ -1,27 +1,38 @@
-"""Decoding DICOMs as a run would: transfer syntaxes the installed pydicom handlers cannot decode,
-Pixel Data not stored as the syntax says, any decoder failure, errors that cross processes; RSNA
-rows that contradict each other.
+"""``data inspect`` finds what a run would hit later: undecodable images and DICOM transfer
+syntaxes, empty listings, no training images, contradictory RSNA rows; the command's exit status
+and stderr.
 """
 
 from __future__ import annotations
 
+import gzip
+import json
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from fixtures_formats import (
+    CHEXPERT_HEADER,
     RSNA_LABELS,
+    SIIM_IDS,
     relabel_transfer_syntax,
+    write_chexpert,
+    write_covidx,
     write_dicom,
+    write_mimic,
+    write_objectcxr,
     write_rsna,
+    write_siim,
     write_text,
 )
 
-from cxrbench.data import codecs
+from cxrbench.cli import main
+from cxrbench.data import codecs, inspect
 from cxrbench.data.codecs import check_transfer_syntax, image_size, read_image
 from cxrbench.data.formats import rsna
-from cxrbench.data.inspect import inspect_dataset
+from cxrbench.data.inspect import inspect_dataset, sample_indices
 from cxrbench.errors import DataFormatError
 
 JPEG2000_LOSSLESS = "1.2.840.10008.1.2.4.90"
@@ -30,6 +41,15 @@ JPEG2000_PART2 = "1.2.840.10008.1.2.4.92"  # pydicom has no decoder for it at al
 
 def _dicom(tmp_path: Path, name: str = "x.dcm") -> Path:
     return write_dicom(tmp_path / name, np.arange(64, dtype=np.uint8).reshape(8, 8))
+
+
+def _corrupt_png(path: Path) -> Path:
+    """Damage the compressed pixels of a PNG; its header and end marker stay intact."""
+    data = bytearray(path.read_bytes())
+    start = data.index(b"IDAT") + 8
+    data[start : start + 4] = b"\xde\xad\xbe\xef"
+    path.write_bytes(bytes(data))
+    return path
 
 
 # ------------------------------------------------------------------------------- DICOM syntaxes
@@ -110,6 +130,113 @@ def test_data_format_error_survives_pickling() -> None:
     )  # fmt: skip
 
 
+# ------------------------------------------------------------------------------- decoding
+
+
+def test_sample_indices_are_spread_and_deterministic() -> None:
+    assert inspect.QUICK_SAMPLE == 64  # the number --quick's help and the docs give
+    assert sample_indices(5, 64) == [0, 1, 2, 3, 4]
+    picked = sample_indices(1000, 64)
+    assert len(set(picked)) == 64 and picked[0] == 0 and picked[-1] == 999
+    assert picked == sorted(picked) == sample_indices(1000, 64)
+    assert sample_indices(0, 64) == [] and sample_indices(10, 1) == [0]
+
+
+def test_inspect_decodes_every_image_and_quick_a_sample(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = write_covidx(tmp_path / "covidx")
+    bad = _corrupt_png(root / "test/d.png")  # 4th of 5: header and end marker intact
+    (root / "train/b.png").unlink()
+    summary, problems = inspect_dataset("covidx", root)
+    assert summary["decoded"] == 3  # of 5: one missing, one undecodable
+    assert problems == [f"{root / 'train/b.png'}: missing image file", problems[1]]
+    assert problems[1].startswith(f"{bad}: expected a complete image file; got undecodable")
+    monkeypatch.setattr(inspect, "QUICK_SAMPLE", 2)  # decodes the first and the last
+    summary, problems = inspect_dataset("covidx", root, quick=True)
+    assert summary["decoded"] == 2
+    assert problems == [f"{root / 'train/b.png'}: missing image file"]  # headers: all of them
+
+
+def test_inspect_lists_dicoms_a_run_could_not_decode(tmp_path: Path) -> None:
+    root = write_siim(tmp_path / "siim-acr")
+    relabeled = relabel_transfer_syntax(next(root.rglob(f"{SIIM_IDS[1]}.dcm")), JPEG2000_LOSSLESS)
+    unknown = relabel_transfer_syntax(next(root.rglob(f"{SIIM_IDS[2]}.dcm")), JPEG2000_PART2)
+    for quick in (False, True):
+        summary, problems = inspect_dataset("siim", root, quick=quick)
+        assert len(problems) == 2 and summary["mask_pixels"] == 5  # image 2's regions unknown
+        assert problems[0].startswith(f"{relabeled}: expected encapsulated")
+        assert problems[1].startswith(f"{unknown}: expected a transfer syntax")
+        assert JPEG2000_PART2 in problems[1]
+
+
+# ------------------------------------------------------------------------- listings, training
+
+
+def _header_only(path: Path) -> None:
+    path.write_text(path.read_text().splitlines()[0] + "\n")
+
+
+def _mimic_header_only(root: Path) -> None:
+    path = root / "mimic-cxr-2.0.0-split.csv.gz"
+    with gzip.open(path, "wt") as handle:
+        handle.write("dicom_id,study_id,subject_id,split\n")
+
+
+def _mimic_no_train(root: Path) -> None:
+    path = root / "mimic-cxr-2.0.0-split.csv.gz"
+    with gzip.open(path, "rt") as handle:
+        text = handle.read()
+    with gzip.open(path, "wt") as handle:
+        handle.write(text.replace(",train\n", ",validate\n"))
+
+
+def _chexpert_lateral_only(root: Path) -> None:
+    path = root / "CheXpert-v1.0-small/train.csv"
+    path.write_text(path.read_text().replace(",Frontal,", ",Lateral,"))
+
+
+EMPTY_CASES: list[tuple[str, Callable, Callable, str, str]] = [
+    ("covidx", write_covidx, lambda r: (r / "train.txt").write_text("\n"), "train.txt",
+     "at least one image line; got no image lines"),
+    ("covidx", write_covidx, lambda r: (r / "test.txt").write_text(""), "test.txt",
+     "at least one image line"),
+    ("chexpert", write_chexpert, lambda r: _header_only(r / "CheXpert-v1.0-small/train.csv"),
+     "CheXpert-v1.0-small/train.csv", "at least one image row; got only the header line"),
+    ("chexpert", write_chexpert,
+     lambda r: write_text(r / "CheXpert-v1.0-small/valid.csv", CHEXPERT_HEADER + "\n"),
+     "CheXpert-v1.0-small/valid.csv", "at least one image row"),
+    ("chexpert", write_chexpert, _chexpert_lateral_only, "CheXpert-v1.0-small/train.csv",
+     "at least one Frontal row (the training images"),
+    ("rsna", write_rsna, lambda r: _header_only(r / "stage_2_train_labels.csv"),
+     "stage_2_train_labels.csv", "at least one patientId row; got only the header line"),
+    ("siim", write_siim, lambda r: _header_only(r / "train-rle.csv"), "train-rle.csv",
+     "at least one ImageId row"),
+    ("objectcxr", write_objectcxr, lambda r: _header_only(r / "dev.csv"), "dev.csv",
+     "at least one image row"),
+    ("objectcxr", write_objectcxr, lambda r: _header_only(r / "train.csv"), "train.csv",
+     "at least one image row"),
+    ("mimic", write_mimic, _mimic_header_only, "mimic-cxr-2.0.0-split.csv.gz",
+     "at least one image row"),
+    ("mimic", write_mimic, _mimic_no_train, "mimic-cxr-2.0.0-split.csv.gz",
+     "at least one training pair"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("dataset", "writer", "mutate", "file", "expected"),
+    EMPTY_CASES,
+    ids=[f"{c[0]}-{c[3].rsplit('/', 1)[-1]}-{i}" for i, c in enumerate(EMPTY_CASES)],
+)
+def test_empty_listings_and_no_training_images_are_problems(
+    tmp_path: Path, dataset: str, writer: Callable, mutate: Callable, file: str, expected: str
+) -> None:
+    root = writer(tmp_path / dataset)
+    mutate(root)
+    _, problems = inspect_dataset(dataset, root)
+    assert problems and problems[0].startswith(f"{root / file}: expected {expected}")
+
+
 # -------------------------------------------------------------------------------------------- RSNA
 
 
@@ -130,3 +257,26 @@ def test_rsna_contradictory_rows_are_an_error_of_the_reader(
             read(root)
         assert info.value.path == labels and info.value.line == 7
         assert got in str(info.value.got)
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_exit_status_stderr_and_progress(tmp_path: Path, capsys) -> None:
+    root = write_siim(tmp_path / "siim-acr")
+    args = ["data", "inspect", "--dataset", "siim", "--data-root", str(root)]
+    assert main([*args, "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["decoded"] == 4 and captured.err == ""
+    bad = relabel_transfer_syntax(next(root.rglob(f"{SIIM_IDS[0]}.dcm")), JPEG2000_PART2)
+    assert main([*args, "--quick"]) == 1
+    captured = capsys.readouterr()
+    problems = json.loads(captured.out)["problems"]  # the bar goes to stderr, not into the JSON
+    assert len(problems) == 1 and problems[0].startswith(str(bad))
+    assert f"cxrbench: error: {problems[0]}\n" in captured.err
+    assert f"cxrbench: error: 1 problem(s) in {root}\n" in captured.err
+    assert "siim images" in captured.err  # the progress bar
+    write_text(root / "train-rle.csv", "ImageId, EncodedPixels\n")
+    assert main([*args, "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert f"{root / 'train-rle.csv'}: expected at least one ImageId row" in err
