@@ -136,11 +136,26 @@ def _dataset_dir(args: argparse.Namespace) -> Path:
     return inside if inside.is_dir() else root
 
 
+#: problems written to stderr by ``data inspect`` (all of them are in the JSON on stdout)
+INSPECT_STDERR_PROBLEMS = 50
+
+
 def cmd_data_inspect(args: argparse.Namespace) -> int:
     from cxrbench.data.inspect import inspect_dataset
 
-    summary, problems = inspect_dataset(args.dataset, _dataset_dir(args))
+    folder = _dataset_dir(args)
+    summary, problems = inspect_dataset(
+        args.dataset, folder, quick=args.quick, progress=not args.no_progress
+    )
     _emit(json.dumps({**summary, "problems": problems}, indent=2))
+    if problems:
+        sys.stdout.flush()
+        for problem in problems[:INSPECT_STDERR_PROBLEMS]:
+            sys.stderr.write(f"cxrbench: error: {problem}\n")
+        more = len(problems) - INSPECT_STDERR_PROBLEMS
+        if more > 0:
+            sys.stderr.write(f"cxrbench: error: ... and {more} more (all in the JSON's problems)\n")
+        sys.stderr.write(f"cxrbench: error: {len(problems)} problem(s) in {folder}\n")
     return 1 if problems else 0
 
 
@@ -311,9 +326,19 @@ def build_parser() -> argparse.ArgumentParser:
     splits.add_argument("--force", action="store_true", help="remake even if stored splits exist")
     splits.set_defaults(func=cmd_data_splits)
 
-    inspect = dsub.add_parser("inspect", help="summarise a dataset folder as JSON, list problems")
+    inspect = dsub.add_parser(
+        "inspect",
+        help="summarise a dataset folder as JSON, decode its images, list problems (exit 1)",
+    )
     inspect.add_argument("--dataset", required=True, choices=_dataset_keys())
     _data_root_flag(inspect, "a data root holding the dataset's folder, or that folder")
+    inspect.add_argument(
+        "--quick",
+        action="store_true",
+        help="decode a fixed sample of up to 64 images (evenly spaced over the listing, first and "
+        "last included) instead of all; every image's header is still checked",
+    )
+    inspect.add_argument("--no-progress", action="store_true")
     inspect.set_defaults(func=cmd_data_inspect)
     _add_pretrain(sub)
     _add_bench(sub)

@@ -43,6 +43,11 @@ class DataFormatError(CxrbenchError):
             msg += f". {hint}"
         super().__init__(msg)
 
+    def __reduce__(self) -> tuple[type, tuple]:
+        # pickle by fields, so the error survives a process boundary (data loader workers,
+        # process pools, SLURM results) as itself
+        return (type(self), (self.path, self.expected, self.got, self.line, self.hint))
+
 
 class ConfigError(CxrbenchError):
     """A configuration value is missing, unknown or of the wrong type.

@@ -10,8 +10,11 @@ import gzip
 from pathlib import Path
 
 import numpy as np
+import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 # ------------------------------------------------------------------------------------------ images
@@ -69,6 +72,27 @@ def write_dicom(
     if with_pixels:
         ds.PixelData = pixels.astype("<u2" if ds.BitsAllocated == 16 else np.uint8).tobytes()
     ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def relabel_transfer_syntax(path: Path, uid: str | None) -> Path:
+    """Rewrite a DICOM's file meta to claim transfer syntax ``uid`` (``None``: no Transfer Syntax
+    UID at all), leaving its pixels as they are.
+
+    (pydicom refuses to write such a file, e.g. a JPEG 2000 label over raw pixels; some real
+    downloads have them.)
+    """
+    data = path.read_bytes()
+    meta = pydicom.dcmread(path, stop_before_pixels=True).file_meta
+    body = data[132 + 12 + int(meta.FileMetaInformationGroupLength) :]  # 12: the length element
+    if uid is None:
+        del meta.TransferSyntaxUID
+    else:
+        meta.TransferSyntaxUID = uid
+    header = DicomBytesIO()
+    header.is_little_endian, header.is_implicit_VR = True, False
+    write_file_meta_info(header, meta, enforce_standard=uid is not None)
+    path.write_bytes(data[:132] + header.getvalue() + body)
     return path
 
 
@@ -142,6 +166,7 @@ MIMIC_SUMMARY = {
     "frontal_images": 6,
     "pairs": 4,
     "splits": {"train": 1, "validate": 1, "test": 2},
+    "decoded": 8,
 }
 METADATA_HEADER = (
     "dicom_id,subject_id,study_id,PerformedProcedureStepDescription,ViewPosition,Rows,Columns,"
@@ -212,6 +237,7 @@ CHEXPERT_SUMMARY = {
         "Edema": 1,
         "Pleural Effusion": 1,
     },
+    "decoded": 4,
 }
 
 
@@ -248,7 +274,7 @@ p-ccc,No Lung Opacity / Not Normal
 p-ddd,Lung Opacity
 """
 # p-bbb: 10x5 + 4x6 - 4x4 overlap = 58 pixels; p-ddd: 12x12 = 144
-RSNA_SUMMARY = {"images": 4, "positive_images": 2, "boxes": 3, "mask_pixels": 202}
+RSNA_SUMMARY = {"images": 4, "positive_images": 2, "boxes": 3, "mask_pixels": 202, "decoded": 4}
 
 
 def write_rsna(root: Path) -> Path:
@@ -276,7 +302,7 @@ SIIM_CSV = f"""ImageId, EncodedPixels
 # image 2 is 4x3: regions {1, 2, 6} and {2, 3, 4} (column-major) -> union {1, 2, 3, 4, 6}
 SIIM_MASK_2 = np.array([[0, 1, 0], [1, 0, 0], [1, 1, 0], [1, 0, 0]], dtype=bool)
 SIIM_SIZES = {SIIM_IDS[0]: (8, 8), SIIM_IDS[1]: (4, 3), SIIM_IDS[2]: (8, 8), SIIM_IDS[3]: (5, 5)}
-SIIM_SUMMARY = {"images": 4, "positive_images": 2, "regions": 3, "mask_pixels": 10}
+SIIM_SUMMARY = {"images": 4, "positive_images": 2, "regions": 3, "mask_pixels": 10, "decoded": 4}
 
 
 def write_siim(root: Path, header: str = "ImageId, EncodedPixels") -> Path:
@@ -304,6 +330,7 @@ OBJECT_SUMMARY = {
     "positive_images": 3,
     "objects": 5,
     "by_type": {"rectangle": 3, "ellipse": 1, "polygon": 1},
+    "decoded": 4,
 }
 
 
@@ -320,7 +347,11 @@ def write_objectcxr(root: Path, dev: str = OBJECT_DEV) -> Path:
 
 COVIDX_TRAIN = "1 a.png normal rsna\n2 b.png pneumonia rsna\n3 c.jpeg COVID-19 cohen\n"
 COVIDX_TEST = "4 d.png COVID-19 sirm\n5 e.png normal\n"
-COVIDX_SUMMARY = {"images": 5, "classes": {"normal": 2, "pneumonia": 1, "COVID-19": 2}}
+COVIDX_SUMMARY = {
+    "images": 5,
+    "classes": {"normal": 2, "pneumonia": 1, "COVID-19": 2},
+    "decoded": 5,
+}
 COVIDX_BINARY_TRAIN = "p1 x1.png positive bimcv\np2 x2.png negative rsna\np3 x3.png negative rsna\n"
 COVIDX_BINARY_TEST = "p4 x4.png positive ricord\n"
 

@@ -336,7 +336,8 @@ def test_covidx_two_class_generation_and_file_names(tmp_path: Path, names: tuple
     assert [i.label for i in index.images] == ["positive", "negative", "negative", "positive"]
     assert index.listings == (root / names[0], root / names[1])
     summary, problems = inspect_dataset("covidx", root)
-    assert summary == {"images": 4, "classes": {"negative": 2, "positive": 2}} and not problems
+    assert summary == {"images": 4, "classes": {"negative": 2, "positive": 2}, "decoded": 4}
+    assert not problems
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,10 @@
   DICOM (pydicom: Modality LUT / rescale, then VOI LUT or window when present, min-max scaled to
   0-255, MONOCHROME1 inverted, first frame of a multi-frame file); :func:`image_size` reads only the
   header (plus, for JPEG/PNG, the end-of-image marker, and for DICOM the declared Pixel Data length
-  against the file size) so that a download can be checked quickly.
+  against the file size) so that a download can be checked quickly. Both check a DICOM's transfer
+  syntax first (:func:`check_transfer_syntax`): one the installed pydicom handlers cannot decode, or
+  a compressed syntax over uncompressed Pixel Data (or the reverse), is a :class:`DataFormatError`
+  naming the file and the syntax, never a pydicom traceback halfway through a run.
 * Object-CXR shapes: ``TYPE x1 y1 x2 y2 ...`` with TYPE 0 rectangle and 1 ellipse (two opposite
   corners of the box; the ellipse is inscribed in it) and 2 polygon (a point list, at least three
   points). A :class:`Shape` gives its bounding box and a filled mask; coordinates are pixel
@@ -18,6 +21,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,7 @@ import numpy as np
 import pydicom
 from PIL import Image, ImageFile, UnidentifiedImageError
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID, AllTransferSyntaxes
 
 from cxrbench.errors import DataFormatError
 
@@ -40,6 +45,7 @@ except ImportError:  # pragma: no cover - pydicom 2.x
 EMPTY_RLE = "-1"
 DICOM_SUFFIXES = (".dcm", ".dicom")
 PIXEL_DATA_TAG = 0x7FE00010
+_UNDEFINED_LENGTH = 0xFFFFFFFF
 _TAIL_BYTES = 1024
 _END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND"}
 
@@ -217,29 +223,120 @@ def _dicom_size(path: Path) -> tuple[int, int]:
     rows, cols = ds.get("Rows"), ds.get("Columns")
     if rows is None or cols is None:
         raise DataFormatError(path, "a DICOM header with Rows and Columns", "a truncated header")
-    try:
-        element = ds.get_item(PIXEL_DATA_TAG, keep_deferred=True)
-    except TypeError:  # pragma: no cover - pydicom 2.x: presence only
-        element = ds.get_item(PIXEL_DATA_TAG)
+    element = _pixel_element(ds)
     if element is None:
         raise DataFormatError(path, "a DICOM file with Pixel Data", "no Pixel Data element")
+    syntax = check_transfer_syntax(path, ds)
     tell, length = getattr(element, "value_tell", None), getattr(element, "length", None)
+    if syntax.is_deflated or length in (None, _UNDEFINED_LENGTH):
+        tell = None  # a deflated file's value_tell counts in the inflated stream, not in the file
     size = path.stat().st_size
-    if tell is not None and length not in (None, 0xFFFFFFFF) and tell + length > size:
+    if tell is not None and tell + length > size:
         raise DataFormatError(
             path, f"{length} bytes of Pixel Data", f"a truncated file ({size} bytes)"
         )
     return int(rows), int(cols)
 
 
+# ------------------------------------------------------------------------------ transfer syntaxes
+
+
+def _decoder_state(uid: UID) -> tuple[bool, list[str]]:
+    """Whether the installed pydicom handlers decode ``uid``, and what would add a decoder."""
+    try:
+        from pydicom.pixels import get_decoder
+    except ImportError:  # pragma: no cover - pydicom 2.x: the pixel data handlers
+        from pydicom import config
+
+        handlers = [h for h in config.pixel_data_handlers if h.supports_transfer_syntax(uid)]
+        return any(h.is_available() for h in handlers), []
+    try:
+        decoder = get_decoder(uid)
+    except (NotImplementedError, ValueError):  # no decoder at all for this syntax
+        return False, []
+    return bool(decoder.is_available), list(decoder.missing_dependencies)
+
+
+@cache
+def decodable_transfer_syntaxes() -> tuple[UID, ...]:
+    """The transfer syntaxes the installed pydicom handlers can decode (uncompressed ones too)."""
+    return tuple(UID(uid) for uid in AllTransferSyntaxes if _decoder_state(UID(uid))[0])
+
+
+def _syntax_text(uid: UID) -> str:
+    name = uid.name if uid.name != uid else "an unknown transfer syntax"
+    return f"transfer syntax {uid} ({name})"
+
+
+def _pixel_element(ds: pydicom.Dataset) -> Any:
+    """The Pixel Data element (``None`` when absent) without reading a deferred value."""
+    try:
+        return ds.get_item(PIXEL_DATA_TAG, keep_deferred=True)
+    except TypeError:  # pragma: no cover - pydicom 2.x: no keep_deferred
+        return ds.get_item(PIXEL_DATA_TAG)
+
+
+def _undefined_length(element: Any) -> bool:
+    flag = getattr(element, "is_undefined_length", None)
+    if flag is not None:
+        return bool(flag)
+    return getattr(element, "length", None) == _UNDEFINED_LENGTH
+
+
+def check_transfer_syntax(path: str | Path, ds: pydicom.Dataset) -> UID:
+    """The DICOM's transfer syntax, if the installed pydicom handlers can decode its Pixel Data.
+
+    Raises :class:`DataFormatError` naming ``path`` when the file meta has no Transfer Syntax UID,
+    when no installed handler decodes the syntax (the error gives its UID and name, the syntaxes
+    that are supported and, where pydicom knows one, the package that would add a decoder), or when
+    Pixel Data is not encoded as the syntax says: a compressed syntax needs encapsulated Pixel Data
+    (undefined length), an uncompressed one native Pixel Data (e.g. a file relabelled as JPEG 2000
+    whose pixels were left raw).
+    """
+    meta = getattr(ds, "file_meta", None)
+    raw = meta.get("TransferSyntaxUID") if meta is not None else None
+    if not raw:
+        raise DataFormatError(
+            path, "a Transfer Syntax UID (0002,0010) in the DICOM file meta", "none"
+        )
+    uid = UID(str(raw).strip())
+    decodable, missing = _decoder_state(uid)
+    if not decodable:
+        names = ", ".join(s.name for s in decodable_transfer_syntaxes())
+        hint = "pydicom decodes it once one of these is installed: " + "; ".join(missing)
+        raise DataFormatError(
+            path,
+            f"a transfer syntax the installed pydicom handlers decode ({names})",
+            _syntax_text(uid),
+            hint=hint if missing else None,
+        )
+    element = _pixel_element(ds)
+    if element is not None and uid.is_compressed != _undefined_length(element):
+        stored = {True: "encapsulated (compressed)", False: "native (uncompressed)"}
+        raise DataFormatError(
+            path,
+            f"{stored[uid.is_compressed]} Pixel Data, as its {_syntax_text(uid)} says",
+            f"{stored[not uid.is_compressed]} Pixel Data",
+        )
+    return uid
+
+
 def _read_dicom(path: Path) -> np.ndarray:
     ds = _dcmread(path)
     if PIXEL_DATA_TAG not in ds:
         raise DataFormatError(path, "a DICOM file with Pixel Data", "no Pixel Data element")
+    check_transfer_syntax(path, ds)
     try:
-        pixels = np.asarray(ds.pixel_array)
-    except (ValueError, AttributeError, NotImplementedError, RuntimeError) as err:
-        raise DataFormatError(path, "decodable DICOM Pixel Data", f"undecodable ({err})") from None
+        return _dicom_pixels(ds)
+    except MemoryError:
+        raise
+    except Exception as err:  # any decoder failure: name the file instead of a pydicom traceback
+        text = " ".join(line.strip() for line in str(err).splitlines()) or type(err).__name__
+        raise DataFormatError(path, "decodable DICOM Pixel Data", f"undecodable ({text})") from None
+
+
+def _dicom_pixels(ds: pydicom.Dataset) -> np.ndarray:
+    pixels = np.asarray(ds.pixel_array)
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
         pixels = pixels[0]  # multi-frame: the first frame
     if pixels.ndim == 3:  # colour: pixel_array gives RGB

@@ -10,12 +10,13 @@ Official files in the dataset folder (``rsna-pneumonia/``):
 * images ``stage_2_train_images/{patientId}.dcm`` (1024x1024, usually MONOCHROME2).
 
 :func:`read` gives one record per distinct ``patientId`` in order of first appearance; ``target`` is
-1 when any of its rows has ``Target`` 1 (the protocol's label) and ``boxes`` are its Target-1 boxes
+1 when its rows have ``Target`` 1 (the protocol's label) and ``boxes`` are its Target-1 boxes
 ``(x, y, width, height)``. Target-1 rows need four numeric box fields with positive width and
-height; Target-0 rows need empty box fields. Whether boxes lie inside the image needs the image
-size, so it is checked by :func:`check_boxes_inside` (called by ``inspect`` and by the tasks). A
-box's mask covers rows ``round(y) .. round(y + height) - 1`` and columns ``round(x) .. round(x +
-width) - 1``.
+height; Target-0 rows need empty box fields. A patientId with both Target-1 and Target-0 rows
+contradicts itself: a :class:`DataFormatError` naming the file and the lines of both kinds. Whether
+boxes lie inside the image needs the image size, so it is checked by :func:`check_boxes_inside`
+(called by ``inspect`` and by the tasks). A box's mask covers rows
+``round(y) .. round(y + height) - 1`` and columns ``round(x) .. round(x + width) - 1``.
 """
 
 from __future__ import annotations
@@ -121,6 +122,27 @@ def _validate(frame: pd.DataFrame, path: Path) -> np.ndarray:
     return values
 
 
+def _lines(lines: list[int]) -> str:
+    shown = ", ".join(str(n) for n in lines[:5])
+    more = f" and {len(lines) - 5} more" if len(lines) > 5 else ""
+    return f"line{'s' if len(lines) > 1 else ''} {shown}{more}"
+
+
+def _check_agreement(groups: dict[str, dict], path: Path) -> None:
+    """Raise at the first patientId whose rows say both Target 1 (boxes) and Target 0."""
+    mixed = [g for g in groups.values() if g["lines"] and g["negative"]]
+    if not mixed:
+        return
+    first = min(mixed, key=lambda g: max(g["lines"][0], g["negative"][0]))
+    raise DataFormatError(
+        path,
+        "the rows of one patientId to agree: box rows with Target 1, or one row with Target 0",
+        f"Target 1 on {_lines(first['lines'])} and Target 0 on {_lines(first['negative'])} "
+        "for the same patientId",
+        max(first["lines"][0], first["negative"][0]),
+    )
+
+
 def _read_details(root: Path) -> dict[str, str]:
     path = root / CLASS_FILE
     if not path.is_file():
@@ -145,10 +167,15 @@ def read(root: Path) -> RsnaIndex:
     groups: dict[str, dict] = {}
     rows = zip(frame["patientId"], frame["Target"], frame[LINE], values, strict=True)
     for patient, target, line, box in rows:
-        group = groups.setdefault(patient, {"line": int(line), "boxes": [], "lines": []})
+        group = groups.setdefault(
+            patient, {"line": int(line), "boxes": [], "lines": [], "negative": []}
+        )
         if target == "1":
             group["boxes"].append(tuple(float(v) for v in box))
             group["lines"].append(int(line))
+        else:
+            group["negative"].append(int(line))
+    _check_agreement(groups, path)
     images = tuple(
         RsnaImage(
             patient_id=patient,
