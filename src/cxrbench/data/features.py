@@ -25,7 +25,7 @@ import torch
 
 from cxrbench.data.codecs import read_image
 from cxrbench.data.transforms import mgca_image
-from cxrbench.utils.io import atomic_write_bytes
+from cxrbench.utils.io import atomic_write_bytes, read_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class FeatureCache:
         if not path.is_file():
             return None
         self.hits += 1
-        return safetensors.torch.load_file(path)["features"]
+        return read_safetensors(path, "cannot read the cached features")["features"]
 
     def put(self, key: str, features: torch.Tensor) -> None:
         data = safetensors.torch.save({"features": features.contiguous()})

@@ -27,7 +27,7 @@ from cxrbench.methods.base import PretrainConfig, PretrainMethod
 from cxrbench.models.artifact import export_encoder
 from cxrbench.models.backbones import build_backbone
 from cxrbench.runner.resolve import PretrainJob
-from cxrbench.runs import ENCODER_DIR, finished
+from cxrbench.runs import ENCODER_DIR, finished, reopen
 from cxrbench.utils.io import atomic_write_text, load_checkpoint, sha256_file
 
 log = logging.getLogger(__name__)
@@ -154,6 +154,7 @@ def run_pretrain(job: PretrainJob, data_root: Path, run_dir: Path) -> Path:
     if finished("pretrain", run_dir):
         log.info("encoder artifact already exists: %s", artifact)
         return artifact
+    reopen(run_dir)  # orphan temp files removed, a truncated last.ckpt named
     mimic_root = dataset_folder("mimic", data_root, job.cfg.data)
     cls = METHODS.get(job.cfg.method)
     text_path = resolve_text_model(job, mimic_root, job.cfg.trainer.progress)

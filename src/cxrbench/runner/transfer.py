@@ -29,7 +29,7 @@ from cxrbench.provenance import code_version, device_name
 from cxrbench.report.schema import ResultRecord
 from cxrbench.report.store import read_record, write_record
 from cxrbench.runner.resolve import TransferJob
-from cxrbench.runs import RESULT_FILE, finished
+from cxrbench.runs import RESULT_FILE, finished, reopen
 from cxrbench.utils.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,7 @@ def run_transfer(
     _claim(run_dir, job, artifact)
     if finished("transfer", run_dir):
         return read_record(result)
+    reopen(run_dir)  # orphan temp files removed, a truncated last.ckpt named
     start = time.perf_counter()
     system_cls = SYSTEMS.get(job.task.kind)
     encoder, meta = load_encoder(Path(artifact))
