@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import pickle
+import signal
 import time
 import traceback
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cxrbench import cli
 from cxrbench.errors import CxrbenchError, FileError
 from cxrbench.models import build_backbone, export_encoder, load_encoder, read_meta
 from cxrbench.runs import reopen
@@ -238,3 +240,111 @@ def test_json_naming_another_backbone_names_the_json_and_the_key(artifact: Path)
     with pytest.raises(CxrbenchError) as info:
         load_encoder(artifact)
     _one_line(info.value, path, "key 'backbone' says 'tiny'", "encoder.safetensors", "shape")
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def test_out_is_checked_before_any_work(tmp_path, monkeypatch, capsys) -> None:
+    from cxrbench.runner import bench, pretrain
+
+    def never(*args, **kwargs):
+        raise AssertionError("work started before --out was checked")
+
+    monkeypatch.setattr(pretrain, "run_pretrain", never)
+    monkeypatch.setattr(bench, "run_bench", never)
+    out = _a_file(tmp_path) / "runs"
+    args = ["pretrain", "--method", "random_init", "--preset", "tiny", "--data-root",
+            str(tmp_path), "--out", str(out)]  # fmt: skip
+    assert cli.main(args) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and f"{out}/tiny/random_init/s0: cannot use it as the run" in (
+        captured.err
+    )
+    args = ["bench", "--preset", "tiny", "--method", "random_init", "--task", "rsna_cls",
+            "--data-root", str(tmp_path), "--out", str(out)]  # fmt: skip
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"cxrbench: error: {out}: cannot use it as the runs folder") and (
+        "Traceback" not in err
+    )
+
+
+def test_a_full_out_folder_is_refused_and_nothing_is_created(tmp_path, monkeypatch) -> None:
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(io.os, "fsync", full)
+    with pytest.raises(FileError) as info:
+        io.check_writable(tmp_path / "a" / "b", "runs folder")
+    _one_line(info.value, tmp_path / "a" / "b", "cannot write to the runs folder", "No space")
+    monkeypatch.undo()
+    io.check_writable(tmp_path / "a" / "b")
+    assert list(tmp_path.iterdir()) == []  # neither the folders nor the probe file
+
+
+def test_bench_failures_and_logs_go_to_stderr(tmp_path, monkeypatch, capsys) -> None:
+    from cxrbench.runner import bench
+    from cxrbench.runner.execute import Outcome
+
+    def failing(*args, **kwargs) -> Outcome:
+        import logging
+
+        logging.getLogger("cxrbench.runner.execute").error("job k failed: why")
+        return Outcome(failures=[("k", "why")])
+
+    monkeypatch.setattr(bench, "run_bench", failing)
+    args = ["bench", "--preset", "tiny", "--method", "random_init", "--task", "rsna_cls",
+            "--data-root", str(tmp_path), "--out", str(tmp_path / "runs")]  # fmt: skip
+    assert cli.main(args) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "job k failed: why" in captured.err
+    assert "cxrbench: error: 1 job(s) failed" in captured.err
+
+
+def test_a_failed_leaderboard_check_says_so_on_stderr(monkeypatch, capsys) -> None:
+    from cxrbench.report import leaderboard_text
+
+    monkeypatch.setattr(leaderboard_text, "run_check", lambda *a: ("STATUS ... FAILED", 1))
+    assert cli.main(["leaderboard", "check", "--suite", "smoke"]) == 1
+    out, err = capsys.readouterr()
+    assert "FAILED" in out and "cxrbench: error: leaderboard check of smoke failed" in err
+
+
+def test_an_os_error_no_helper_named_is_one_line(monkeypatch, capsys) -> None:
+    def denied(args) -> int:
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), "/data/x.csv")
+
+    monkeypatch.setattr(cli, "cmd_ls", denied)
+    assert cli.main(["ls"]) == 2
+    assert capsys.readouterr().err == (
+        "cxrbench: error: /data/x.csv: Permission denied (-v shows the traceback)\n"
+    )
+    with pytest.raises(PermissionError):
+        cli.main(["-v", "ls"])
+
+
+def test_ctrl_c_inside_lightning_exits_130(monkeypatch, capsys) -> None:
+    """Lightning catches KeyboardInterrupt in fit and calls sys.exit(1); cxrbench says 130."""
+    from unittest.mock import MagicMock
+
+    from lightning.pytorch.trainer.call import _call_and_handle_interrupt
+
+    def fit(args) -> int:
+        trainer = MagicMock()
+        trainer.strategy.launcher = None
+        _call_and_handle_interrupt(trainer, lambda: signal.raise_signal(signal.SIGINT))
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_ls", fit)
+    assert cli.main(["ls"]) == 130
+    assert "cxrbench: interrupted" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    def plain_exit(args) -> int:
+        raise SystemExit(1)
+
+    monkeypatch.setattr(cli, "cmd_ls", plain_exit)
+    with pytest.raises(SystemExit):  # an exit that was no interrupt stays what it was
+        cli.main(["ls"])
