@@ -1,13 +1,17 @@
 """The ``cxrbench`` command line (also ``python -m cxrbench``).
 
 Sub-commands register themselves in :func:`build_parser`; every user error is a
-:class:`CxrbenchError` printed as one line (exit status 2), never a traceback.
+:class:`CxrbenchError` printed as one line on stderr (exit status 2), never a traceback.
+Results go to stdout; logs, errors and failure summaries to stderr. Exit statuses (README,
+"Errors and exit statuses"): 0 success, 1 a check or run that failed (bench jobs,
+``leaderboard check``, ``data inspect``), 2 a user error, 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,8 +19,9 @@ from typing import Any
 
 from cxrbench import __version__
 from cxrbench.cli_report import add_leaderboard, add_report
-from cxrbench.errors import CxrbenchError
+from cxrbench.errors import CxrbenchError, describe
 from cxrbench.log import setup_logging
+from cxrbench.utils.io import check_writable
 
 LISTABLE = ("methods", "tasks", "datasets", "presets", "synth-presets")
 
@@ -59,6 +64,11 @@ def _emit(text: str) -> None:
     sys.stdout.write(text + "\n")
 
 
+def _fail(text: str) -> None:
+    """A failure summary, on stderr."""
+    sys.stderr.write(f"cxrbench: error: {text}\n")
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
     kinds = [args.what] if args.what else list(LISTABLE)
     for kind in kinds:
@@ -94,6 +104,7 @@ def _list(kind: str) -> list[str]:
 def cmd_data_synth(args: argparse.Namespace) -> int:
     from cxrbench.synth import generate
 
+    check_writable(args.out, "output data root")
     summary = generate(
         Path(args.out),
         preset=args.preset,
@@ -170,6 +181,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         overrides.append("trainer.progress=false")
     job = load_config(args.method, args.preset, overrides)
     run_dir = default_run_dir(job, Path(args.out) if args.out else None)
+    check_writable(run_dir, "run folder")  # before any work: not after the training
     artifact = run_pretrain(job, Path(args.data_root), run_dir)
     _emit(str(artifact))
     return 0
@@ -178,6 +190,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 def cmd_pretrain_text(args: argparse.Namespace) -> int:
     from cxrbench.models.text_corpus import pretrain_text
 
+    if args.out:
+        check_writable(args.out, "model folder")
     summary = pretrain_text(Path(args.data_root), Path(args.out) if args.out else None,
                             preset=args.preset, seed=args.seed, force=args.force,
                             progress=not args.no_progress)  # fmt: skip
@@ -188,6 +202,7 @@ def cmd_pretrain_text(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from cxrbench.runner.pretrain import export_checkpoint
 
+    check_writable(Path(args.out) if args.out else Path(args.run) / "encoder", "artifact folder")
     artifact = export_checkpoint(Path(args.run), Path(args.ckpt) if args.ckpt else None,
                                  Path(args.out) if args.out else None)  # fmt: skip
     _emit(str(artifact))
@@ -204,8 +219,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         plan = bench.resolve_bench(suite, out, force=args.force)
         _emit(bench.dry_run(suite, out, executor=args.executor, force=args.force, plan=plan))
         if plan.problems:
-            sys.stderr.write(f"cxrbench: error: {len(plan.problems)} problem(s), listed above\n")
+            _fail(f"{len(plan.problems)} problem(s), listed above")
         return 2 if plan.problems else 0
+    check_writable(out, "runs folder")  # before any work, as are the folders beside it
+    check_writable(out.parent / "tables", "tables folder")
+    check_writable(out.parent / "cache", "cache folder")
     if args.executor == "slurm":
         submission = bench.submit_bench(suite, out, force=args.force)
         _emit(submission.summary())
@@ -217,6 +235,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         outcome = bench.run_bench(suite, out, force=args.force, progress=not args.no_progress)
     if outcome.records:
         _emit(bench.table_for(suite, out, out.parent / "tables"))
+    if not outcome.ok:
+        _fail(f"{len(outcome.failures)} job(s) failed (each logged above; error.txt in its run "
+              "folder)")  # fmt: skip
     return 0 if outcome.ok else 1
 
 
@@ -348,20 +369,58 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its exit status (README, "Errors and exit statuses")."""
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     func: Callable[[argparse.Namespace], int] = args.func
+    interrupted = _Interrupts()
     try:
         return func(args)
     except CxrbenchError as exc:
-        sys.stderr.write(f"cxrbench: error: {exc}\n")
+        _fail(str(exc))
+        return 2
+    except OSError as exc:  # a file error no helper named: the system's words and the file
+        if args.verbose:
+            raise
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        _fail(f"{where}{describe(exc, exc.filename)} (-v shows the traceback)")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("cxrbench: interrupted\n")
         return 130
+    except SystemExit:
+        if interrupted.seen:  # Lightning turns Ctrl-C during fit into sys.exit(1)
+            sys.stderr.write("cxrbench: interrupted\n")
+            return 130
+        raise
     finally:
+        interrupted.restore()
         sys.stdout.flush()
+
+
+class _Interrupts:
+    """Notes a Ctrl-C (SIGINT) and raises ``KeyboardInterrupt`` as Python does, so ``main`` can
+    exit 130 also where a library catches the interrupt and exits itself."""
+
+    def __init__(self) -> None:
+        self.seen = False
+        self.previous = signal.getsignal(signal.SIGINT)
+        self.installed = False
+        if self.previous is signal.default_int_handler:  # not when SIGINT is ignored or custom
+            try:
+                signal.signal(signal.SIGINT, self._handle)
+                self.installed = True
+            except ValueError:  # not the main thread
+                pass
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        if self.installed:
+            signal.signal(signal.SIGINT, self.previous)
 
 
 if __name__ == "__main__":

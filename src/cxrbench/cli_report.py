@@ -23,7 +23,15 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     if args.leaderboard_command == "check":
         report, status = run_check(args.suite, runs, boards)
         _emit(report)
+        if status:
+            sys.stderr.write(
+                f"cxrbench: error: leaderboard check of {args.suite} failed: entries regressed, "
+                "incomparable or missing (listed above)\n"
+            )
         return status
+    from cxrbench.utils.io import check_writable
+
+    check_writable(boards, "leaderboards folder")
     _emit(run_update(args.suite, runs, boards, floor=args.floor, alpha=args.alpha))
     return 0
 
@@ -71,7 +79,9 @@ def _report_command(args: argparse.Namespace) -> str:
 def cmd_table(args: argparse.Namespace) -> int:
     from cxrbench.report.tables import write_suite_tables
     from cxrbench.suite import load_suite_arg
+    from cxrbench.utils.io import check_writable
 
+    check_writable(args.out, "tables folder")
     formats = list(dict.fromkeys(args.format or ["md"]))
     args.format = formats
     for name in args.suite:
@@ -93,7 +103,9 @@ def cmd_table(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from cxrbench.report.plots import write_suite_plot
     from cxrbench.suite import load_suite_arg
+    from cxrbench.utils.io import check_writable
 
+    check_writable(args.out, "tables folder")
     for name in args.suite:
         paths = write_suite_plot(load_suite_arg(name), Path(args.runs), Path(args.out),
                                  command=_report_command(args), published=args.published,

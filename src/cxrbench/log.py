@@ -1,4 +1,4 @@
-"""Logging set-up: one handler, rank-zero only under DDP, never report text."""
+"""Logging set-up: one handler on stderr, rank-zero only under DDP, never report text."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import logging
 import os
 import warnings
 
+from rich.console import Console
 from rich.logging import RichHandler
 
 
@@ -21,7 +22,9 @@ class RankZeroFilter(logging.Filter):
 
 
 def setup_logging(verbose: bool = False) -> None:
-    handler = RichHandler(show_path=False, rich_tracebacks=False, markup=False)
+    # stderr: stdout holds a command's results (tables, JSON, paths), never its log lines
+    handler = RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False,
+                          markup=False)  # fmt: skip
     handler.addFilter(RankZeroFilter())
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,

@@ -4,7 +4,7 @@ A pre-training run has finished when its encoder artifact's metadata exists (the
 written last); a transfer run when its ``result.json`` exists (written last, atomically). Every
 part of cxrbench that asks "is this run finished?" (the executors, the dry run, the job functions)
 asks :func:`finished`, so they cannot disagree. A failed job leaves :data:`ERROR_FILE` in its
-folder.
+folder. A run that starts or resumes in a folder first calls :func:`reopen` on it.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ RESULT_FILE = "result.json"  # a transfer run's record
 ENCODER_DIR = "encoder"  # a pre-training run's artifact folder
 META_FILE = "encoder.json"  # the artifact's metadata, written last
 ERROR_FILE = "error.txt"  # traceback, config hash and command of a failed job
+LAST_CHECKPOINT = "checkpoints/last.ckpt"  # where an interrupted run resumes from
 STAGES = ("pretrain", "transfer")
 
 
@@ -35,3 +36,13 @@ def finished(stage: str, run_dir: Path) -> bool:
     if stage == "transfer":
         return (Path(run_dir) / RESULT_FILE).is_file()
     raise ValueError(f"stage is one of {STAGES}, got {stage!r}")
+
+
+def reopen(run_dir: Path) -> None:
+    """Called when a run folder is opened to start or resume its run: removes the temporary
+    files that writes killed mid-way left in it (and in its sub-folders). (The resume point is
+    checked by :func:`cxrbench.runner.checkpoints.resume_point`: one that does not load is set
+    aside and the run starts over.)"""
+    from cxrbench.utils.io import remove_orphan_temps
+
+    remove_orphan_temps(Path(run_dir))

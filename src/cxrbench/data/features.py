@@ -25,7 +25,8 @@ import torch
 
 from cxrbench.data.codecs import read_image
 from cxrbench.data.transforms import mgca_image
-from cxrbench.utils.io import atomic_write_bytes
+from cxrbench.errors import CxrbenchError
+from cxrbench.utils.io import atomic_write_bytes, read_safetensors
 from cxrbench.utils.lock import exclusive
 
 log = logging.getLogger(__name__)
@@ -121,8 +122,8 @@ class FeatureCache:
         if not path.is_file():
             return None
         try:
-            features = safetensors.torch.load_file(path)["features"]
-        except Exception as err:  # safetensors raises its own error types
+            features = read_safetensors(path, "cannot read the cached features")["features"]
+        except (CxrbenchError, KeyError) as err:
             log.warning("%s: cached features do not load (%s); recomputing them", path, err)
             path.unlink(missing_ok=True)
             return None

@@ -22,7 +22,7 @@ import safetensors.torch
 import torch
 
 from cxrbench import __version__
-from cxrbench.errors import CxrbenchError
+from cxrbench.errors import CxrbenchError, file_errors
 from cxrbench.models.backbones import (
     NORMALIZATION,
     Backbone,
@@ -30,7 +30,7 @@ from cxrbench.models.backbones import (
     load_state_dict_strict,
 )
 from cxrbench.runs import META_FILE as META_FILE
-from cxrbench.utils.io import atomic_write_bytes, atomic_write_text, sha256_file
+from cxrbench.utils.io import atomic_write_bytes, atomic_write_text, read_safetensors, sha256_file
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "encoder.safetensors"
@@ -102,8 +102,10 @@ def read_meta(out_dir: Path) -> dict[str, Any]:
             f"no encoder artifact in {out_dir}: {META_FILE} is missing (export_encoder writes it "
             "last, so an interrupted export leaves none; re-run the pre-training or the export)"
         )
+    with file_errors(path, "cannot read the encoder metadata"):
+        raw = path.read_bytes()
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
+        meta = json.loads(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ArtifactError(f"{path} is not valid JSON: {err}") from err
     if not isinstance(meta, dict):
@@ -152,15 +154,44 @@ def load_encoder(out_dir: Path, *, verify: bool = True) -> tuple[Backbone, dict[
         verify_encoder(out_dir, meta)
     elif not weights.is_file():
         raise ArtifactError(f"{weights} is missing although {out_dir / META_FILE} exists")
-    config = dict(meta["backbone_config"])
+    backbone = _rebuild(out_dir / META_FILE, meta)
+    state = read_safetensors(weights, "cannot read the encoder weights")
+    try:
+        with torch.no_grad():
+            load_state_dict_strict(backbone, state, source=str(weights))
+    except ArtifactError:
+        raise
+    except CxrbenchError as err:
+        raise ArtifactError(
+            f"{out_dir / META_FILE}: key 'backbone' says {meta['backbone']!r} (options in "
+            f"'backbone_config'), which does not fit the weights: {err}"
+        ) from err
+    return backbone, meta
+
+
+def _rebuild(path: Path, meta: dict[str, Any]) -> Backbone:
+    """The untrained backbone ``encoder.json`` (at ``path``) describes; its keys ``backbone``,
+    ``backbone_config`` and ``feature_dims`` must agree."""
+    config = meta["backbone_config"]
+    if not isinstance(config, dict) or not {"name", "image_size"} <= config.keys():
+        raise ArtifactError(
+            f"{path}: key 'backbone_config' must be an object with 'name' and 'image_size', "
+            f"got {config!r}"
+        )
+    config = dict(config)
     name, image_size = config.pop("name"), config.pop("image_size")
-    backbone = build_backbone(name, image_size=image_size, **config)
+    if name != meta["backbone"]:
+        raise ArtifactError(
+            f"{path}: key 'backbone' says {meta['backbone']!r}, key 'backbone_config.name' "
+            f"says {name!r}; the file was edited or mixed up with another artifact's"
+        )
+    try:
+        backbone = build_backbone(name, image_size=image_size, **config)
+    except CxrbenchError as err:  # an unknown backbone or option
+        raise ArtifactError(f"{path}: key 'backbone_config' builds no backbone: {err}") from err
     if backbone.feature_dims != meta["feature_dims"]:
         raise ArtifactError(
-            f"{out_dir / META_FILE}: feature_dims {meta['feature_dims']} differ from the rebuilt "
+            f"{path}: feature_dims {meta['feature_dims']} differ from the rebuilt "
             f"{name!r} backbone's {backbone.feature_dims}"
         )
-    state = safetensors.torch.load_file(str(weights), device="cpu")
-    with torch.no_grad():
-        load_state_dict_strict(backbone, state, source=str(weights))
-    return backbone, meta
+    return backbone

@@ -27,7 +27,6 @@ import inspect
 import logging
 import math
 import os
-import pickle
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -35,7 +34,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
-import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -45,6 +43,7 @@ from torchvision.models.vision_transformer import Encoder, interpolate_embedding
 
 from cxrbench.errors import ConfigError, CxrbenchError
 from cxrbench.registry import Registry
+from cxrbench.utils.io import read_safetensors, torch_load
 
 log = logging.getLogger(__name__)
 
@@ -342,14 +341,12 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
     """Read a flat name → tensor mapping from ``.safetensors`` or ``.pth``/``.pt``/``.bin``."""
     if not path.is_file():
         raise CxrbenchError(f"weights file {path} does not exist")
+    action = "cannot read the weights file"
     if path.suffix == ".safetensors":
-        return safetensors.torch.load_file(str(path), device="cpu")
+        return read_safetensors(path, action)
     if path.suffix not in (".pth", ".pt", ".bin"):
         raise CxrbenchError(f"weights file {path}: expected .pth, .pt, .bin or .safetensors")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-        raise CxrbenchError(f"weights file {path} is not a weights-only checkpoint: {err}") from err
+    obj = torch_load(path, action)
     if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
         msg = "must hold a flat state dict (name → tensor); convert others with `cxrbench import`"
         raise CxrbenchError(f"weights file {path} {msg}")

@@ -27,7 +27,7 @@ from cxrbench.methods.base import PretrainConfig, PretrainMethod
 from cxrbench.models.artifact import export_encoder
 from cxrbench.models.backbones import build_backbone
 from cxrbench.runner.resolve import PretrainJob
-from cxrbench.runs import ENCODER_DIR, finished, has_progress
+from cxrbench.runs import ENCODER_DIR, finished, has_progress, reopen
 from cxrbench.utils.io import atomic_write_text, load_checkpoint, sha256_file
 from cxrbench.utils.lock import exclusive
 
@@ -167,6 +167,7 @@ def _run_pretrain(job: PretrainJob, data_root: Path, run_dir: Path) -> Path:
     if finished("pretrain", run_dir):
         log.info("encoder artifact already exists: %s", artifact)
         return artifact
+    reopen(run_dir)  # orphan temp files of killed writes removed
     start = time.perf_counter()
     cls = METHODS.get(job.cfg.method)
     stats: dict[str, Any] = {"pretrain_seed": job.cfg.seed, "preset": job.preset}

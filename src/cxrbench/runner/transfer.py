@@ -29,7 +29,7 @@ from cxrbench.provenance import code_version, device_name
 from cxrbench.report.schema import ResultRecord
 from cxrbench.report.store import read_record, write_record
 from cxrbench.runner.resolve import TransferJob
-from cxrbench.runs import RESULT_FILE, finished, has_progress
+from cxrbench.runs import RESULT_FILE, finished, has_progress, reopen
 from cxrbench.utils.io import atomic_write_text
 from cxrbench.utils.lock import exclusive
 
@@ -135,6 +135,7 @@ def _run_transfer(
     _claim(run_dir, job, artifact)
     if finished("transfer", run_dir):
         return read_record(result)
+    reopen(run_dir)  # orphan temp files of killed writes removed
     start = time.perf_counter()
     system_cls = SYSTEMS.get(job.task.kind)
     encoder, meta = load_encoder(Path(artifact))
