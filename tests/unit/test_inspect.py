@@ -280,3 +280,14 @@ def test_cli_exit_status_stderr_and_progress(tmp_path: Path, capsys) -> None:
     assert main([*args, "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert f"{root / 'train-rle.csv'}: expected at least one ImageId row" in err
+
+
+def test_data_splits_refuses_to_store_an_empty_training_part(tmp_path: Path) -> None:
+    from cxrbench.data.splits import make_splits, splits_dir
+    from cxrbench.errors import DataFormatError
+
+    root = write_covidx(tmp_path / "covidx")
+    (root / "train.txt").write_text("\n")
+    with pytest.raises(DataFormatError, match=r"every split part.*got train 0"):
+        make_splits("covidx", root)
+    assert not splits_dir(root).exists()

@@ -269,6 +269,12 @@ def make_splits(dataset: str, root: Path, *, force: bool = False, seed: int = SP
         if meta.get("fingerprint") == fingerprint and meta.get("seed") == seed:
             return load_splits(dataset, root)
     parts = assign_parts(rule, seed)
+    empty = [p for p in PARTS if not parts[p]]
+    if empty:  # e.g. an empty official training listing beside a full test listing
+        counts = ", ".join(f"{p} {len(parts[p])}" for p in PARTS)
+        expected = f"images in every split part (train, val, test) of {dataset}"
+        hint = f"run `cxrbench data inspect --dataset {dataset}` on it"
+        raise DataFormatError(root, expected, counts, hint=hint)
     order = systematic_order(parts["train"], seed)
     files = {f"{p}.txt": "".join(f"{i.id}\n" for i in parts[p]) for p in PARTS}
     files["train_order.tsv"] = "".join(f"{i.id}\t{','.join(i.classes)}\n" for i in order)

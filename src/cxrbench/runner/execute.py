@@ -89,7 +89,10 @@ def failure_report(job: Job) -> Iterator[None]:
             f"job: {job.stage} {job.suite}/{job.key}\nconfig hash: {job.config_hash}\n"
             f"command: {job.command}\n\n{traceback.format_exc()}"
         )
-        atomic_write_text(job.error_file, text)
+        try:
+            atomic_write_text(job.error_file, text)
+        except (OSError, CxrbenchError) as err:  # e.g. the full disk the job died of
+            log.warning("could not write %s (%s); the job's own error follows", job.error_file, err)
         raise
 
 
