@@ -156,18 +156,25 @@ class ClassificationSystem(TransferSystem):
         self._test_labels.append(batch["label"].float().cpu())
 
     def on_test_epoch_end(self) -> None:
-        from cxrbench.metrics.classification import accuracy, macro_auroc
+        from cxrbench.metrics.classification import MetricError, accuracy, macro_auroc
 
         logits = torch.cat(self._test_logits)
         labels = torch.cat(self._test_labels)
         self._test_logits, self._test_labels = [], []
         loss = float(self._loss(logits, labels))
-        if self.metric == "accuracy":
-            value = accuracy(logits.numpy(), labels.numpy())
+        results = {"test/loss": loss}
+        if self.label_kind == "multiclass":  # softmax scores; AUROC one class against the rest
+            results["test/accuracy"] = accuracy(logits.numpy(), labels.numpy())
+            scores = torch.softmax(logits, dim=1).numpy()
         else:
             scores = torch.sigmoid(logits).numpy()
-            value = macro_auroc(scores, labels.numpy(), class_names=list(self.class_names))
-        self.test_results = {f"test/{self.metric}": float(value), "test/loss": loss}
+        try:
+            results["test/auroc"] = macro_auroc(scores, labels.numpy(), list(self.class_names))
+        except MetricError:
+            if self.metric == "auroc":
+                raise  # the headline: its error names the class without positives
+        value = results[f"test/{self.metric}"]
+        self.test_results = {f"test/{self.metric}": float(value), **results}
         self.log(f"test/{self.metric}", float(value))
 
     def configure_optimizers(self) -> Any:
