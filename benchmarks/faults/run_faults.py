@@ -134,7 +134,7 @@ def case_corrupt_checkpoint(data: Path, work: Path) -> tuple[bool, str]:
 
 def case_no_mimic_for_random_init(data: Path, work: Path) -> tuple[bool, str]:
     empty = work / "empty-root"
-    empty.mkdir(exist_ok=True)
+    empty.mkdir(parents=True, exist_ok=True)
     run = cxr("pretrain", "--method", "random_init", "--data-root", str(empty), "--preset", "tiny",
               "--out", str(work / "ri"), "--no-progress")  # fmt: skip
     return run.returncode == 0, f"exit {run.returncode} {run.stderr.strip()[-160:]}"

@@ -75,6 +75,9 @@ class Suite:
     resources: dict[str, Resources] = field(default_factory=dict)  # see resources_for
     slurm: SlurmSpec = field(default_factory=SlurmSpec)
     estimates: Estimates = field(default_factory=Estimates)
+    #: per task, the metric tables and leaderboards read (default: the task's own), e.g.
+    #: ``{covidx_cls: auroc}``; every transfer run records all of its metrics either way
+    metrics: dict[str, str] = field(default_factory=dict)
 
 
 def load_suite(path: Path) -> Suite:
@@ -118,6 +121,15 @@ def check(suite: Suite, source: str = "suite") -> None:
             raise ConfigError(source, key, f"seeds are integers >= 0, got {min(seeds)}")
         if len(set(seeds)) != len(seeds):
             raise ConfigError(source, key, "a seed is listed twice")
+    for task, metric in suite.metrics.items():
+        if task not in suite.tasks:
+            raise ConfigError(
+                source, f"metrics.{task}", f"not a task of this suite ({', '.join(suite.tasks)})"
+            )
+        if not metric or metric.startswith("val/"):
+            raise ConfigError(
+                source, f"metrics.{task}", f"a test metric such as auroc, got {metric!r}"
+            )
     _check_resources(suite, source)
     _check_estimates(suite, source)
 

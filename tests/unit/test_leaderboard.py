@@ -288,3 +288,26 @@ def test_a_bare_name_with_a_suite_file_in_benchmarks_takes_its_grid(
     )
     code, out, _ = run(capsys, "update", args)
     assert code == 0 and "1 removed" in out and "2 unchanged" in out
+
+
+def test_a_suite_can_read_another_metric_of_each_task(tmp_path: Path) -> None:
+    """``metrics: {covidx_cls: auroc}``: the leaderboard entry is the AUROC, not the accuracy;
+    a record without the chosen metric is an error naming the run; a suite's metric choice
+    names a task of the suite."""
+    from cxrbench.errors import ConfigError, CxrbenchError
+    from cxrbench.report.suites import folder_records
+
+    metrics = {"test/accuracy": 0.55, "test/auroc": 0.71, "test/loss": 0.9, "val/loss": 0.5}
+    record = rec("convirt", "covidx_cls", 1.0, 42, 0.55, metric="test/accuracy", metrics=metrics)
+    write_record(tmp_path / SUITE / "r" / "result.json", record)
+    [read] = folder_records(tmp_path, SUITE, metrics={"covidx_cls": "auroc"})
+    assert (read.metric, read.value, read.higher_is_better) == ("test/auroc", 0.71, True)
+    assert record.with_metric("loss").higher_is_better is False
+    with pytest.raises(CxrbenchError, match=r"convirt / covidx_cls / 1 / seed 42.*'test/dice'"):
+        record.with_metric("dice")
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("name: s\ntasks: [rsna_cls]\nmetrics: {covidx_cls: auroc}\n")
+    from cxrbench.suite import load_suite
+
+    with pytest.raises(ConfigError, match=r"suite.yaml, key 'metrics.covidx_cls': not a task"):
+        load_suite(suite)

@@ -139,7 +139,8 @@ def run_check(suite: str, runs: Path, leaderboards: Path) -> tuple[str, int]:
     if Path(leaderboards) != DEFAULT_LEADERBOARDS:
         update += f" --leaderboards {leaderboards}"
     board = load(board_path(leaderboards, name), name, update)
-    records = folder_records(runs, name, suite_grid(spec) if spec else None)
+    records = folder_records(runs, name, suite_grid(spec) if spec else None,
+                             spec.metrics if spec else None)  # fmt: skip
     absent = absent_runs(records, planned_grid(spec) if spec else None)
     units = {e.key: e.unit for e in board.entries}
     complete = [r for r in records if not absent.get((r.method, r.task, float(r.fraction)))]
@@ -157,7 +158,8 @@ def run_update(
     """Rewrite the baseline from the runs (refusing incomplete ones) and return the diff and
     the gate's power. The policy defaults to the existing file's, else :class:`Policy`'s."""
     name, spec = resolve_suite(suite)
-    records = folder_records(runs, name, suite_grid(spec) if spec else None)
+    records = folder_records(runs, name, suite_grid(spec) if spec else None,
+                             spec.metrics if spec else None)  # fmt: skip
     if not records:
         raise CxrbenchError(f"{Path(runs) / name}: no result records of suite {name!r}")
     absent = absent_runs(records, planned_grid(spec) if spec else None)

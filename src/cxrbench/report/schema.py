@@ -43,6 +43,21 @@ class ResultRecord:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def with_metric(self, metric: str) -> ResultRecord:
+        """This record read through another of its metrics (a suite's ``metrics:`` choice):
+        ``metric`` (``auroc`` or ``test/auroc``) becomes the primary one; a loss is lower-is-
+        better, any other metric higher. An error names the run when it lacks the metric."""
+        key = metric if "/" in metric else f"test/{metric}"
+        if key == self.metric:
+            return self
+        if key not in self.metrics:
+            raise CxrbenchError(
+                f"{self.method} / {self.task} / {self.fraction:g} / seed {self.seed}: its record "
+                f"has no metric {key!r} (it has {', '.join(sorted(self.metrics))})"
+            )
+        lower = key.rsplit("/", 1)[-1].endswith("loss")
+        return dataclasses.replace(self, metric=key, higher_is_better=not lower)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str | Path = "record") -> ResultRecord:
         names = {f.name for f in dataclasses.fields(cls)}

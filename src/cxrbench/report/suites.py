@@ -82,13 +82,17 @@ def resolve_suite(text: str) -> tuple[str, Suite | None]:
     return suite.name, suite
 
 
-def folder_records(runs: Path, name: str, grid: Grid | None = None) -> list[ResultRecord]:
-    """The records under ``runs/<name>/`` (those in ``grid``, when given); none if no folder."""
+def folder_records(
+    runs: Path, name: str, grid: Grid | None = None, metrics: dict[str, str] | None = None
+) -> list[ResultRecord]:
+    """The records under ``runs/<name>/`` (those in ``grid``, when given), read through the
+    suite's ``metrics`` choice (task → metric) when given; none if no folder."""
     folder = Path(runs) / name
     records = collect(folder) if folder.is_dir() else []
-    if grid is None:
-        return records
-    return [r for r in records if (r.method, r.task, float(r.fraction), r.seed) in grid]
+    if grid is not None:
+        records = [r for r in records if (r.method, r.task, float(r.fraction), r.seed) in grid]
+    chosen = metrics or {}
+    return [r.with_metric(chosen[r.task]) if r.task in chosen else r for r in records]
 
 
 def suite_records(suite: Suite, runs: Path) -> list[ResultRecord]:
@@ -96,7 +100,7 @@ def suite_records(suite: Suite, runs: Path) -> list[ResultRecord]:
     folder = Path(runs) / suite.name
     if not folder.is_dir():
         raise CxrbenchError(f"{folder}: no runs of suite {suite.name!r} (pass --runs?)")
-    records = folder_records(runs, suite.name, suite_grid(suite))
+    records = folder_records(runs, suite.name, suite_grid(suite), suite.metrics)
     if not records:
         raise CxrbenchError(f"{folder}: no result records in the grid of suite {suite.name!r}")
     return records
