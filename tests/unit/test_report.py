@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from cxrbench.errors import CxrbenchError
+from cxrbench.errors import CxrbenchError, FileError
 from cxrbench.report.aggregate import aggregate
 from cxrbench.report.schema import ResultRecord
 from cxrbench.report.store import collect, read_record, write_record
@@ -56,7 +56,7 @@ def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch) -> None:
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(FileError, match=r"result\.json.*disk full"):  # names the file
         write_record(path, rec("convirt", 0.01, 42, 0.9))
     assert read_record(path).value == 0.7
     assert [p.name for p in tmp_path.iterdir()] == ["result.json"]  # no temp file left
