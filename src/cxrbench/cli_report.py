@@ -1,4 +1,5 @@
-"""The report commands of ``cxrbench``: ``leaderboard check|update``, ``table`` and ``plot``.
+"""The report commands of ``cxrbench``: ``leaderboard check|update``, ``table``, ``plot`` and
+``compare``.
 
 They read result records and suites only (:mod:`cxrbench.report`, :mod:`cxrbench.suite`), never
 the runner; :func:`cxrbench.cli.build_parser` registers them.
@@ -131,3 +132,47 @@ def add_report(sub: Any) -> None:
         q.add_argument("--published-dir", default="results/published", help="published rows")
         q.add_argument("--runs", default="results/runs", help="runs folder (bench --out)")
         q.add_argument("--out", default="results/tables", help="output folder")
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from cxrbench.report.compare import compare, render
+
+    comparison = compare(
+        args.suite,
+        Path(args.runs),
+        args.method,
+        args.metric,
+        resamples=args.resamples,
+        bootstrap_seed=args.bootstrap_seed,
+        level=args.level,
+        seeds=args.seeds,
+    )
+    sys.stdout.write(render(comparison, args.format))
+    return 0
+
+
+def add_compare(sub: Any) -> None:
+    from cxrbench.report.compare import DEFAULT_LEVEL, DEFAULT_RESAMPLES, FORMATS, SEED_MODES
+
+    c = sub.add_parser(
+        "compare",
+        help="differences between methods per (task, fraction): paired bootstrap CI and "
+        "Holm-adjusted p-value from the runs' test predictions",
+    )
+    c.add_argument("--suite", required=True, help="suite file (benchmarks/*.yaml) or name")
+    c.add_argument("--runs", default="results/runs", help="runs folder (bench --out)")
+    c.add_argument("--method", action="append",
+                   help="a method to compare (repeatable; every pair, A − B in the order "
+                   "given); default: the suite's methods")  # fmt: skip
+    c.add_argument("--metric", default=None,
+                   help="e.g. auroc, accuracy, dice, map, map_mgca, map50 (default: each "
+                   "task's primary metric)")  # fmt: skip
+    c.add_argument("--format", default="md", choices=FORMATS, help="output on stdout")
+    c.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES,
+                   help=f"bootstrap resamples (default {DEFAULT_RESAMPLES})")  # fmt: skip
+    c.add_argument("--bootstrap-seed", type=int, default=0, help="the same seed, the same output")
+    c.add_argument("--level", type=float, default=DEFAULT_LEVEL, help="confidence level")
+    c.add_argument("--seeds", choices=SEED_MODES, default="resample",
+                   help="resample: draw each method's runs with replacement too (default); "
+                   "fixed: resample test images only")  # fmt: skip
+    c.set_defaults(func=cmd_compare)
