@@ -74,7 +74,8 @@ def _report_command(args: argparse.Namespace) -> str:
     ):
         if value != default:
             parts += [flag, value]
-    return shlex.join(parts + (["--plot"] if getattr(args, "plot", False) else []))
+    flags = [f for f in ("plot", "ci") if getattr(args, f, False)]
+    return shlex.join(parts + [f"--{f}" for f in flags])
 
 
 def cmd_table(args: argparse.Namespace) -> int:
@@ -89,7 +90,8 @@ def cmd_table(args: argparse.Namespace) -> int:
         suite = load_suite_arg(name)
         options = dict(published=args.published, published_dir=Path(args.published_dir))
         written = write_suite_tables(suite, Path(args.runs), Path(args.out), formats,
-                                     command=_report_command(args), **options)  # fmt: skip
+                                     command=_report_command(args), ci=args.ci,
+                                     **options)  # fmt: skip
         for _, text in written:
             _emit(text)
         if args.plot:
@@ -120,6 +122,10 @@ def add_report(sub: Any) -> None:
     t.add_argument("--format", action="append", choices=("md", "tex", "csv"),
                    help="repeatable (default md); writes OUT/<suite>.<format>")  # fmt: skip
     t.add_argument("--plot", action="store_true", help="also write the label-efficiency plot")
+    t.add_argument("--ci", action="store_true",
+                   help="95%% bootstrap intervals instead of ± std (from the runs' predictions), "
+                   "bold: each column's best and every method not significantly different "
+                   "(cxrbench compare)")  # fmt: skip
     t.set_defaults(func=cmd_table)
     p = sub.add_parser("plot", help="label-efficiency plot of a suite's runs: PNG and PDF")
     p.set_defaults(func=cmd_plot)

@@ -235,3 +235,45 @@ def test_predictions_in_another_order_are_aligned_by_id(tmp_path) -> None:
     make_run(tmp_path, "b", 0, cls_arrays(scores[order], targets[order], ids))
     assert cmp.compare(SUITE, tmp_path, resamples=100) == before
     assert encode(cls_arrays(scores, targets)) == encode(cls_arrays(scores, targets))
+
+
+# ------------------------------------------------------------------------- table --ci
+
+
+def test_table_with_intervals_bolds_the_top_group(tmp_path) -> None:
+    from cxrbench.report.tables import write_suite_tables
+    from cxrbench.suite import Suite
+
+    targets, scores = data(120)
+    noise = np.random.default_rng(1).normal(0, 0.01, len(scores))
+    for seed in (0, 1):
+        make_run(tmp_path, "mgca", seed, cls_arrays(scores + targets * 0.6, targets))
+        make_run(tmp_path, "gloria", seed, cls_arrays(scores + targets * 0.6 + noise, targets))
+        make_run(tmp_path, "random_init", seed, cls_arrays(scores + targets * 0.05 * seed, targets))
+    suite = Suite(name=SUITE, methods=["random_init", "gloria", "mgca"], tasks=["rsna_cls"],
+                  fractions=[0.01], seeds=[0, 1])  # fmt: skip
+    intervals = cmp.suite_intervals(suite, tmp_path)  # as the table: 2,000 resamples
+    assert {m for (m, _, _), iv in intervals.items() if iv.top} == {"mgca", "gloria"}
+    for iv in intervals.values():
+        assert iv.low <= iv.high
+    (_, md), (_, tex), (_, csv) = write_suite_tables(
+        suite, tmp_path, tmp_path / "tables", ["md", "tex", "csv"], command="t", ci=True
+    )
+    good = intervals[("mgca", "rsna_cls", 0.01)]
+    mean = np.mean([read_record(p).value for p in (tmp_path / SUITE / "mgca").rglob("*.json")])
+    assert f"| **{mean * 100:.1f} [{good.low * 100:.1f}, {good.high * 100:.1f}]** |" in md
+    assert "| random_init | " in md and "| random_init | **" not in md and " ± " not in md
+    assert "not significantly different from it" in md
+    assert (
+        rf"\textbf{{{mean * 100:.1f}}}$_{{[{good.low * 100:.1f}, {good.high * 100:.1f}]}}$" in tex
+    )
+    assert csv.splitlines()[0].endswith(",ci_low,ci_high") and r"p $\geq$ 0.05" in tex
+    suite_file = tmp_path / "s.yaml"
+    suite_file.write_text(f"name: {SUITE}\nmethods: [random_init, mgca]\ntasks: [rsna_cls]\n"
+                          "fractions: [0.01]\nseeds: [0, 1]\n")  # fmt: skip
+    out = tmp_path / "out"
+    argv = ["table", "--suite", str(suite_file), "--runs", str(tmp_path), "--out", str(out), "--ci"]
+    assert main(argv) == 0
+    text = (out / f"{SUITE}.md").read_text()
+    assert f"--out {out} --ci · cxrbench" in text.splitlines()[0]
+    assert f"| mgca | **{mean * 100:.1f} [" in text

@@ -61,6 +61,7 @@ from cxrbench.report.schema import ResultRecord
 from cxrbench.report.store import collect_paths
 from cxrbench.report.suites import METRIC_NAMES, PAPER_SCALE, resolve_suite, suite_grid
 from cxrbench.runs import PREDICTIONS_FILE
+from cxrbench.suite import Suite
 
 DEFAULT_RESAMPLES = 2000
 DEFAULT_LEVEL = 0.95
@@ -187,6 +188,13 @@ def suite_runs(suite_arg: str, runs: Path) -> tuple[str, list[Run], list[str]]:
     """The suite's name, its runs (records of its grid under ``runs/<suite>/``, with their
     paths) and its methods in order (the suite file's, then others found)."""
     name, suite = resolve_suite(suite_arg)
+    found, methods = runs_of(name, suite, runs)
+    return name, found, methods
+
+
+def runs_of(name: str, suite: Suite | None, runs: Path) -> tuple[list[Run], list[str]]:
+    """The runs of ``suite``'s grid under ``runs/<name>/`` (every run there when ``suite`` is
+    None) and their methods, the suite's order first."""
     folder = Path(runs) / name
     if not folder.is_dir():
         raise CxrbenchError(f"{folder}: no runs of suite {name!r} (pass --runs?)")
@@ -200,7 +208,7 @@ def suite_runs(suite_arg: str, runs: Path) -> tuple[str, list[Run], list[str]]:
         raise CxrbenchError(f"{folder}: no result records in the grid of suite {name!r}")
     order = [*(suite.methods if suite else []), *sorted({r.record.method for r in found})]
     methods = [m for m in dict.fromkeys(order) if any(r.record.method == m for r in found)]
-    return name, found, methods
+    return found, methods
 
 
 def _differ(runs: Sequence[Run], key: str, why: str) -> None:
@@ -292,25 +300,20 @@ def compare(
     if len(chosen) < 2:
         raise CxrbenchError(f"compare needs two methods; suite {name!r} has runs of {chosen}")
     short = metric.split("/")[-1] if metric else None
-    cells: dict[tuple[str, float], dict[str, list[Run]]] = {}
-    for run in found:
-        if run.record.method in chosen:
-            key = (run.record.task, float(run.record.fraction))
-            cells.setdefault(key, {}).setdefault(run.record.method, []).append(run)
     rows: list[Row] = []
     notes: list[str] = []
     pairs = list(itertools.combinations(chosen, 2))
-    for (task, fraction), by_method in sorted(cells.items()):
+    for (task, fraction), by_method in cells_of(found, chosen).items():
         lacking = [m for m in chosen if m not in by_method]
         if lacking:
             notes.append(f"{task} {fraction * 100:g}%: no runs of {', '.join(lacking)}")
-        usable = {m: sorted(by_method[m], key=_unit) for m in chosen if m in by_method}
-        if len(usable) < 2:
+        if len(by_method) < 2:
             continue
-        found_rows, note = _cell_rows(task, fraction, usable, pairs, short, resamples,
-                                      bootstrap_seed, level, seeds)  # fmt: skip
-        rows += found_rows
-        notes += [note] if note else []
+        cell = bootstrap_cell(task, fraction, by_method, short, resamples, bootstrap_seed, seeds)
+        if isinstance(cell, str):
+            notes.append(cell)
+            continue
+        rows += [cell.row(a, b, level) for a, b in pairs if a in by_method and b in by_method]
     if not rows:
         why = f" ({'; '.join(notes)})" if notes else ""
         raise CxrbenchError(f"suite {name!r}: no cell to compare {', '.join(chosen)} in{why}")
@@ -331,18 +334,67 @@ def _with(row: Row, **changes: float) -> Row:
     return Row(**{**asdict(row), **changes})
 
 
-def _cell_rows(
+@dataclass(frozen=True)
+class CellBootstrap:
+    """One cell's resampled statistics: per method, the mean over its runs of the metric on all
+    test images (``means``) and on each resample (``stats``, (B,); ``finite``: defined there)."""
+
+    task: str
+    fraction: float
+    metric: str
+    higher_is_better: bool
+    runs: dict[str, int]
+    means: dict[str, float]
+    stats: dict[str, np.ndarray]
+    finite: dict[str, np.ndarray]
+    images: int
+    stratified: bool
+
+    def deltas(self, a: str, b: str) -> tuple[np.ndarray, int]:
+        """Resampled Δ = a − b on the resamples where both are defined, and how many were
+        skipped; an error when none is left."""
+        keep = self.finite[a] & self.finite[b]
+        if not keep.any():
+            raise CxrbenchError(
+                f"{self.task} {self.fraction:g}: {self.metric} is undefined on every one of "
+                f"the {len(keep)} resamples of {a} and {b}"
+            )
+        return self.stats[a][keep] - self.stats[b][keep], int((~keep).sum())
+
+    def row(self, a: str, b: str, level: float) -> Row:
+        deltas, skipped = self.deltas(a, b)
+        low, high = percentile_interval(deltas, level)
+        mean_a, mean_b = self.means[a], self.means[b]
+        return Row(a, b, self.task, self.fraction, self.metric, self.higher_is_better,
+                   self.runs[a], self.runs[b], mean_a, mean_b, mean_a - mean_b, low, high,
+                   bootstrap_p(deltas), math.nan, len(deltas), skipped, self.images,
+                   self.stratified)  # fmt: skip
+
+    def interval(self, method: str, level: float) -> tuple[float, float]:
+        """The percentile interval of one method's resampled statistic."""
+        return percentile_interval(self.stats[method][self.finite[method]], level)
+
+    def top_group(self, level: float) -> set[str]:
+        """The best method by mean and every method not significantly different from it
+        (bootstrap p against the best, Holm-adjusted over the others, ≥ 1 − level)."""
+        pick = max if self.higher_is_better else min
+        best = pick(self.means, key=lambda m: self.means[m])
+        others = [m for m in self.means if m != best]
+        adjusted = holm([bootstrap_p(self.deltas(best, m)[0]) for m in others])
+        return {best, *(m for m, p in zip(others, adjusted, strict=True) if p >= 1 - level)}
+
+
+def bootstrap_cell(
     task: str,
     fraction: float,
     by_method: dict[str, list[Run]],
-    pairs: Sequence[tuple[str, str]],
     metric: str | None,
     resamples: int,
     seed: int,
-    level: float,
     seeds: str,
-) -> tuple[list[Row], str | None]:
-    """The rows of one cell, or none and why (a ``--metric`` its task does not have)."""
+) -> CellBootstrap | str:
+    """The cell's resampled statistics, or why there are none (a ``metric`` its task does not
+    have). Checks the runs (:func:`check_cell`, :func:`aligned`, the recomputed metric)."""
     check_cell(by_method)
     methods = list(by_method)
     every = [r for m in methods for r in by_method[m]]
@@ -351,44 +403,51 @@ def _cell_rows(
     preds = aligned([load_predictions(r) for r in every])
     if metric is not None and key not in preds[0].metric_names():
         have = ", ".join(preds[0].metric_names())
-        return [], f"{task} {fraction * 100:g}%: {key} is not available for {task} (has {have})"
+        return f"{task} {fraction * 100:g}%: {key} is not available for {task} (has {have})"
     evaluators = [p.resampled(key) for p in preds]
     n = len(preds[0])
-    ones = np.ones((1, n), dtype=np.int64)
-    full = np.array([float(f(ones)[0]) for f in evaluators])
+    full = np.array([float(f(np.ones((1, n), dtype=np.int64))[0]) for f in evaluators])
     for run, p, value in zip(every, preds, full, strict=True):
         _check_recomputed(run, p, key, value)
     strata = preds[0].strata(key)
     rng = np.random.default_rng(seed_sequence(seed, task, fraction))
     values = resample_values(evaluators, n, resamples, rng, strata)
-    columns: dict[str, slice] = {}
-    start = 0
+    columns, start = {}, 0
     for m in methods:
         columns[m] = slice(start, start + len(by_method[m]))
         start += len(by_method[m])
-    finite = {m: np.isfinite(values[:, columns[m]]).all(axis=1) for m in methods}
     stats = {}
     for m in methods:
         draws = np.random.default_rng(seed_sequence(seed, task, fraction, m))
         stats[m] = method_stat(values[:, columns[m]], draws if seeds == "resample" else None)
-    rows = []
-    for a, b in pairs:
-        if a not in by_method or b not in by_method:
-            continue
-        keep = finite[a] & finite[b]
-        if not keep.any():
-            raise CxrbenchError(
-                f"{task} {fraction:g}: {key} is undefined on every one of the {resamples} "
-                f"resamples of {a} and {b}"
-            )
-        deltas = stats[a][keep] - stats[b][keep]
-        low, high = percentile_interval(deltas, level)
-        mean_a, mean_b = float(full[columns[a]].mean()), float(full[columns[b]].mean())
-        rows.append(Row(a, b, task, fraction, key, first.higher_is_better,
-                        len(by_method[a]), len(by_method[b]), mean_a, mean_b, mean_a - mean_b,
-                        low, high, bootstrap_p(deltas), math.nan, int(keep.sum()),
-                        int((~keep).sum()), n, strata is not None))  # fmt: skip
-    return rows, None
+    return CellBootstrap(
+        task,
+        fraction,
+        key,
+        first.higher_is_better,
+        {m: len(by_method[m]) for m in methods},
+        {m: float(full[columns[m]].mean()) for m in methods},
+        stats,
+        {m: np.isfinite(values[:, columns[m]]).all(axis=1) for m in methods},
+        n,
+        strata is not None,
+    )
+
+
+def cells_of(
+    runs: Sequence[Run], methods: Sequence[str]
+) -> dict[tuple[str, float], dict[str, list[Run]]]:
+    """The runs of ``methods`` by (task, fraction) cell, then method (in ``methods``' order),
+    each method's runs in (pre-training seed, seed) order."""
+    cells: dict[tuple[str, float], dict[str, list[Run]]] = {}
+    for run in runs:
+        if run.record.method in methods:
+            key = (run.record.task, float(run.record.fraction))
+            cells.setdefault(key, {}).setdefault(run.record.method, []).append(run)
+    return {
+        key: {m: sorted(by[m], key=_unit) for m in methods if m in by}
+        for key, by in sorted(cells.items())
+    }
 
 
 def _check_recomputed(run: Run, preds: Predictions, key: str, value: float) -> None:
@@ -509,3 +568,49 @@ def render(c: Comparison, fmt: str) -> str:
     if fmt == "json":
         return render_json(c)
     raise ValueError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
+
+
+# --------------------------------------------------------------------------------- tables
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A table cell's bootstrap interval (metric units) and whether it is in its column's top
+    group (the best mean, or not significantly different from it)."""
+
+    low: float
+    high: float
+    top: bool
+
+
+def suite_intervals(
+    suite: Suite,
+    runs: Path,
+    *,
+    resamples: int = DEFAULT_RESAMPLES,
+    bootstrap_seed: int = 0,
+    level: float = DEFAULT_LEVEL,
+) -> dict[tuple[str, str, float], Interval]:
+    """Per (method, task, fraction) of the suite's runs: the interval of its run-averaged
+    metric and its column's top group (``cxrbench table --ci``), on each cell's shared resamples
+    (images and runs, as ``compare``)."""
+    found, methods = runs_of(suite.name, suite, runs)
+    out: dict[tuple[str, str, float], Interval] = {}
+    for (task, fraction), by_method in cells_of(found, methods).items():
+        cell = bootstrap_cell(task, fraction, by_method, None, resamples, bootstrap_seed,
+                              "resample")  # fmt: skip
+        assert not isinstance(cell, str)  # the primary metric always exists
+        top = cell.top_group(level)
+        for m in by_method:
+            out[(m, task, fraction)] = Interval(*cell.interval(m, level), m in top)
+    return out
+
+
+def intervals_caption(level: float = DEFAULT_LEVEL, resamples: int = DEFAULT_RESAMPLES) -> str:
+    """What the intervals and the bold of a ``--ci`` table mean, for its caption."""
+    return (
+        f"[{level * 100:g}% CI]: percentile interval of a bootstrap over the test images "
+        f"(stratified for AUROC and mAP) and the runs, {resamples:,} resamples; in bold the best "
+        f"mean of each column and every method not significantly different from it (paired "
+        f"bootstrap p ≥ {1 - level:.2g} against the best, Holm-adjusted over the column)"
+    )
