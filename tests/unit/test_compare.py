@@ -277,3 +277,22 @@ def test_table_with_intervals_bolds_the_top_group(tmp_path) -> None:
     text = (out / f"{SUITE}.md").read_text()
     assert f"--out {out} --ci · cxrbench" in text.splitlines()[0]
     assert f"| mgca | **{mean * 100:.1f} [" in text
+
+
+def test_the_suite_metric_choice_is_the_default_metric(tmp_path) -> None:
+    """A suite's ``metrics: {covidx_cls: auroc}`` makes compare (like the tables) read AUROC
+    where the task's own metric is accuracy; --metric still chooses."""
+    rng = np.random.default_rng(0)
+    labels = np.eye(3)[np.r_[0, 1, 2, rng.integers(0, 3, 57)]]
+    for method, signal in (("mgca", 0.5), ("random_init", 0.0)):
+        arrays = {**cls_arrays(np.zeros(60), np.zeros(60)), "task": "covidx_cls",
+                  "label_kind": "multiclass", "classes": ["a", "b", "c"], "targets": labels,
+                  "scores": (labels * signal + rng.random((60, 3))).astype(np.float32)}  # fmt: skip
+        make_run(tmp_path, method, 0, arrays, metric="test/accuracy")
+    suite = tmp_path / "s.yaml"
+    suite.write_text(f"name: {SUITE}\nmethods: [mgca, random_init]\ntasks: [covidx_cls]\n"
+                     "fractions: [0.01]\nseeds: [0]\nmetrics: {covidx_cls: auroc}\n")  # fmt: skip
+    assert cmp.compare(str(suite), tmp_path, resamples=50).rows[0].metric == "auroc"
+    assert cmp.compare(SUITE, tmp_path, resamples=50).rows[0].metric == "accuracy"
+    row = cmp.compare(str(suite), tmp_path, metric="accuracy", resamples=50).rows[0]
+    assert row.metric == "accuracy" and not row.stratified

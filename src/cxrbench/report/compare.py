@@ -194,13 +194,15 @@ def suite_runs(suite_arg: str, runs: Path) -> tuple[str, list[Run], list[str]]:
 
 def runs_of(name: str, suite: Suite | None, runs: Path) -> tuple[list[Run], list[str]]:
     """The runs of ``suite``'s grid under ``runs/<name>/`` (every run there when ``suite`` is
-    None) and their methods, the suite's order first."""
+    None), their records read through the suite's ``metrics:`` choice as the tables read them,
+    and their methods, the suite's order first."""
     folder = Path(runs) / name
     if not folder.is_dir():
         raise CxrbenchError(f"{folder}: no runs of suite {name!r} (pass --runs?)")
     grid = suite_grid(suite) if suite is not None else None
+    chosen = suite.metrics if suite is not None else {}
     found = [
-        Run(path, record)
+        Run(path, record.with_metric(chosen[record.task]) if record.task in chosen else record)
         for path, record in collect_paths(folder)
         if grid is None or (record.method, record.task, float(record.fraction), record.seed) in grid
     ]
