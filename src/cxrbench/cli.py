@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cxrbench import __version__
-from cxrbench.cli_report import add_leaderboard, add_report
+from cxrbench.cli_report import add_compare, add_leaderboard, add_report
 from cxrbench.errors import CxrbenchError, describe
 from cxrbench.log import setup_logging
 from cxrbench.utils.io import check_writable
@@ -365,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(sub)
     add_leaderboard(sub)
     add_report(sub)
+    add_compare(sub)
     return parser
 
 

@@ -1,4 +1,5 @@
-"""The report commands of ``cxrbench``: ``leaderboard check|update``, ``table`` and ``plot``.
+"""The report commands of ``cxrbench``: ``leaderboard check|update``, ``table``, ``plot`` and
+``compare``.
 
 They read result records and suites only (:mod:`cxrbench.report`, :mod:`cxrbench.suite`), never
 the runner; :func:`cxrbench.cli.build_parser` registers them.
@@ -73,7 +74,8 @@ def _report_command(args: argparse.Namespace) -> str:
     ):
         if value != default:
             parts += [flag, value]
-    return shlex.join(parts + (["--plot"] if getattr(args, "plot", False) else []))
+    flags = [f for f in ("plot", "ci") if getattr(args, f, False)]
+    return shlex.join(parts + [f"--{f}" for f in flags])
 
 
 def cmd_table(args: argparse.Namespace) -> int:
@@ -88,7 +90,8 @@ def cmd_table(args: argparse.Namespace) -> int:
         suite = load_suite_arg(name)
         options = dict(published=args.published, published_dir=Path(args.published_dir))
         written = write_suite_tables(suite, Path(args.runs), Path(args.out), formats,
-                                     command=_report_command(args), **options)  # fmt: skip
+                                     command=_report_command(args), ci=args.ci,
+                                     **options)  # fmt: skip
         for _, text in written:
             _emit(text)
         if args.plot:
@@ -119,6 +122,10 @@ def add_report(sub: Any) -> None:
     t.add_argument("--format", action="append", choices=("md", "tex", "csv"),
                    help="repeatable (default md); writes OUT/<suite>.<format>")  # fmt: skip
     t.add_argument("--plot", action="store_true", help="also write the label-efficiency plot")
+    t.add_argument("--ci", action="store_true",
+                   help="95%% bootstrap intervals instead of ± std (from the runs' predictions), "
+                   "bold: each column's best and every method not significantly different "
+                   "(cxrbench compare)")  # fmt: skip
     t.set_defaults(func=cmd_table)
     p = sub.add_parser("plot", help="label-efficiency plot of a suite's runs: PNG and PDF")
     p.set_defaults(func=cmd_plot)
@@ -131,3 +138,47 @@ def add_report(sub: Any) -> None:
         q.add_argument("--published-dir", default="results/published", help="published rows")
         q.add_argument("--runs", default="results/runs", help="runs folder (bench --out)")
         q.add_argument("--out", default="results/tables", help="output folder")
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from cxrbench.report.compare import compare, render
+
+    comparison = compare(
+        args.suite,
+        Path(args.runs),
+        args.method,
+        args.metric,
+        resamples=args.resamples,
+        bootstrap_seed=args.bootstrap_seed,
+        level=args.level,
+        seeds=args.seeds,
+    )
+    sys.stdout.write(render(comparison, args.format))
+    return 0
+
+
+def add_compare(sub: Any) -> None:
+    from cxrbench.report.compare import DEFAULT_LEVEL, DEFAULT_RESAMPLES, FORMATS, SEED_MODES
+
+    c = sub.add_parser(
+        "compare",
+        help="differences between methods per (task, fraction): paired bootstrap CI and "
+        "Holm-adjusted p-value from the runs' test predictions",
+    )
+    c.add_argument("--suite", required=True, help="suite file (benchmarks/*.yaml) or name")
+    c.add_argument("--runs", default="results/runs", help="runs folder (bench --out)")
+    c.add_argument("--method", action="append",
+                   help="a method to compare (repeatable; every pair, A − B in the order "
+                   "given); default: the suite's methods")  # fmt: skip
+    c.add_argument("--metric", default=None,
+                   help="e.g. auroc, accuracy, dice, map, map_mgca, map50 (default: each "
+                   "task's primary metric)")  # fmt: skip
+    c.add_argument("--format", default="md", choices=FORMATS, help="output on stdout")
+    c.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES,
+                   help=f"bootstrap resamples (default {DEFAULT_RESAMPLES})")  # fmt: skip
+    c.add_argument("--bootstrap-seed", type=int, default=0, help="the same seed, the same output")
+    c.add_argument("--level", type=float, default=DEFAULT_LEVEL, help="confidence level")
+    c.add_argument("--seeds", choices=SEED_MODES, default="resample",
+                   help="resample: draw each method's runs with replacement too (default); "
+                   "fixed: resample test images only")  # fmt: skip
+    c.set_defaults(func=cmd_compare)

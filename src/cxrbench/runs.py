@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 RESULT_FILE = "result.json"  # a transfer run's record
+PREDICTIONS_FILE = "predictions.npz"  # its test-set predictions (cxrbench.predictions), before it
 ENCODER_DIR = "encoder"  # a pre-training run's artifact folder
 META_FILE = "encoder.json"  # the artifact's metadata, written last
 ERROR_FILE = "error.txt"  # traceback, config hash and command of a failed job

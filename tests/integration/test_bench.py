@@ -13,6 +13,7 @@ import warnings
 import pytest
 
 from cxrbench.cli import main
+from cxrbench.predictions import read_predictions
 from cxrbench.report.store import read_record
 
 ARGS = [
@@ -50,6 +51,10 @@ def test_bench_cli_end_to_end_skips_and_reruns_one(bench_dirs, capsys) -> None:
     assert record.task == "rsna_cls" and record.probe_mode == "cached"
     assert record.metric == "test/auroc" and 0.0 <= record.value <= 1.0
     assert record.encoder_sha256 and record.split_hash and record.config_hash
+    for path in results:  # the predictions beside each record give its metrics back
+        stored = read_record(path)
+        preds = read_predictions(path.parent / "predictions.npz", stored.predictions_sha256)
+        assert preds.metrics() == {"test/auroc": stored.metrics["test/auroc"]}
     [table_file] = (runs.parent / "tables").glob("*.md")  # the report module's writer
     assert (runs / table_file.stem).is_dir()  # named after the grid, as its runs folder
     assert table_file.stem.startswith("tiny-random_init+convirt-rsna_cls-")
@@ -64,6 +69,10 @@ def test_bench_cli_end_to_end_skips_and_reruns_one(bench_dirs, capsys) -> None:
     assert victim.is_file()
     changed = [p for p in results if p.stat().st_mtime_ns != stamps[p]]
     assert changed == [victim]
+    capsys.readouterr()
+    compare = ["compare", "--suite", table_file.stem, "--runs", str(runs), "--resamples", "200"]
+    assert main(compare) == 0
+    assert "| convirt | random_init | rsna_cls | 50% | AUROC ↑ |" in capsys.readouterr().out
 
 
 def _run(cmd: list[str], env: dict) -> subprocess.Popen:

@@ -22,6 +22,7 @@ from cxrbench.metrics.classification import MetricError
 from cxrbench.metrics.detection import mean_average_precision
 from cxrbench.models.backbones import build_backbone
 from cxrbench.models.detectors import fpn_anchor_sizes
+from cxrbench.predictions import read_predictions
 from cxrbench.systems.detection import (
     DetectionImages,
     DetectionSystem,
@@ -297,3 +298,6 @@ def test_run_transfer_objectcxr_det_end_to_end(synth_tiny, tmp_path) -> None:
     for key in ("test/map", "test/map_mgca", "test/map50"):
         assert 0.0 <= stored.metrics[key] <= 1.0
     assert record.metrics == stored.metrics and "val/map" in stored.metrics
+    preds = read_predictions(tmp_path / "run" / "predictions.npz", stored.predictions_sha256)
+    recomputed = preds.metrics()  # every mAP variant, from the kept boxes and scores per image
+    assert recomputed == {k: stored.metrics[k] for k in ("test/map", "test/map_mgca", "test/map50")}

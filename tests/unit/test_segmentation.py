@@ -24,6 +24,7 @@ from cxrbench.losses.segmentation import (
 )
 from cxrbench.metrics.segmentation import mean_dice
 from cxrbench.models.backbones import build_backbone
+from cxrbench.predictions import read_predictions
 from cxrbench.systems.segmentation import (
     SegmentationRows,
     SegmentationSystem,
@@ -354,3 +355,6 @@ def test_rsna_seg_end_to_end_on_synth_tiny(synth_tiny: Path, tmp_path: Path) -> 
     assert record.metric == "test/dice" and record.probe_mode == "frozen"
     assert 0.0 <= stored["metrics"]["test/dice"] <= 1.0
     assert math.isfinite(stored["metrics"]["test/loss"]) and "val/loss" in stored["metrics"]
+    preds = read_predictions(tmp_path / "run" / "predictions.npz", record.predictions_sha256)
+    assert preds.metrics() == {"test/dice": stored["metrics"]["test/dice"]}
+    assert len(preds) == len(preds.arrays["dice"]) and preds.kind == "segmentation"

@@ -162,16 +162,29 @@ def _match(iou: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     return tp
 
 
-def _class_ap(images: Sequence[_Image], label: int, thresholds: np.ndarray) -> np.ndarray:
-    """AP (T,) of one class over the images; MetricError if it has no ground-truth box."""
-    scores, flags, n_gt = [], [], 0
-    for image in images:
+def class_matches(
+    images: Sequence[_Image], label: int, thresholds: np.ndarray
+) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+    """Per image, for one class: the kept prediction scores (K_i,) in score order (first 100),
+    their true-positive flags (T, K_i) at each threshold, and the ground-truth box counts (N,).
+
+    Matching is within an image, so these do not depend on which other images are evaluated:
+    the bootstrap (``metrics/resample.py``) matches once and re-ranks per resample."""
+    scores, flags, n_gt = [], [], np.zeros(len(images), dtype=np.int64)
+    for i, image in enumerate(images):
         gt = image.gt_boxes[image.gt_labels == label]
         keep = np.flatnonzero(image.pred_labels == label)
         order = keep[np.argsort(-image.scores[keep], kind="stable")][:MAX_DETECTIONS]
         scores.append(image.scores[order])
         flags.append(_match(box_iou(image.pred_boxes[order], gt), thresholds))
-        n_gt += len(gt)
+        n_gt[i] = len(gt)
+    return scores, flags, n_gt
+
+
+def _class_ap(images: Sequence[_Image], label: int, thresholds: np.ndarray) -> np.ndarray:
+    """AP (T,) of one class over the images; MetricError if it has no ground-truth box."""
+    scores, flags, counts = class_matches(images, label, thresholds)
+    n_gt = int(counts.sum())
     if n_gt == 0:
         raise MetricError(f"AP is undefined for class {label}: no ground-truth box in the set")
     rank = np.argsort(-np.concatenate(scores), kind="stable")
@@ -278,5 +291,47 @@ class DetectionAccumulator:
             "map50": mean_average_precision(self._preds, self._gts, iou_thresholds=[0.5]),
         }
 
+    def per_image(self) -> dict[str, np.ndarray]:
+        """Every image seen, in order, as flat arrays (:func:`pack_boxes`)."""
+        return pack_boxes(self._preds, self._gts)
+
     def reset(self) -> None:
         self._preds, self._gts = [], []
+
+
+def pack_boxes(
+    predictions: Sequence[Boxes], ground_truths: Sequence[Boxes]
+) -> dict[str, np.ndarray]:
+    """Per-image boxes as flat arrays: ``pred_boxes`` (K, 4), ``pred_scores`` (K,),
+    ``pred_labels`` (K,) and ``pred_count`` (N,: boxes of each image, in image order), and the
+    same ``gt_boxes``, ``gt_labels``, ``gt_count`` of the ground truth (no scores)."""
+    images = _parse(predictions, ground_truths)
+    return {
+        "pred_boxes": np.concatenate([im.pred_boxes for im in images] or [np.zeros((0, 4))]),
+        "pred_scores": np.concatenate([im.scores for im in images] or [np.zeros(0)]),
+        "pred_labels": np.concatenate([im.pred_labels for im in images] or [np.zeros(0, np.int64)]),
+        "pred_count": np.array([len(im.scores) for im in images], dtype=np.int64),
+        "gt_boxes": np.concatenate([im.gt_boxes for im in images] or [np.zeros((0, 4))]),
+        "gt_labels": np.concatenate([im.gt_labels for im in images] or [np.zeros(0, np.int64)]),
+        "gt_count": np.array([len(im.gt_boxes) for im in images], dtype=np.int64),
+    }
+
+
+def unpack_boxes(arrays: Mapping[str, np.ndarray]) -> tuple[list[Boxes], list[Boxes]]:
+    """The per-image ``predictions`` and ``ground_truths`` lists of :func:`pack_boxes`' arrays."""
+    preds: list[Boxes] = []
+    gts: list[Boxes] = []
+    p_end = np.cumsum(arrays["pred_count"])
+    g_end = np.cumsum(arrays["gt_count"])
+    for i in range(len(p_end)):
+        p = slice(int(p_end[i] - arrays["pred_count"][i]), int(p_end[i]))
+        g = slice(int(g_end[i] - arrays["gt_count"][i]), int(g_end[i]))
+        preds.append({"boxes": arrays["pred_boxes"][p], "scores": arrays["pred_scores"][p],
+                      "labels": arrays["pred_labels"][p]})  # fmt: skip
+        gts.append({"boxes": arrays["gt_boxes"][g], "labels": arrays["gt_labels"][g]})
+    return preds, gts
+
+
+def parse_images(predictions: Sequence[Boxes], ground_truths: Sequence[Boxes]) -> list[_Image]:
+    """The checked per-image form the metrics (and the bootstrap) work on."""
+    return _parse(predictions, ground_truths)

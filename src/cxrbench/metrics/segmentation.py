@@ -65,17 +65,36 @@ def _masks(probs: ArrayLike, targets: ArrayLike, threshold: float) -> tuple[np.n
     return p > threshold, t.astype(bool)
 
 
-def dice_per_image(probs: ArrayLike, targets: ArrayLike, threshold: float = 0.5) -> np.ndarray:
-    """Foreground Dice of each image, shape (N,), float64 (module docstring for the rules)."""
+def dice_terms(
+    probs: ArrayLike, targets: ArrayLike, threshold: float = 0.5
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per image, the pixel counts Dice is made of: ``(|P ∩ T|, |P|, |T|)``, each (N,) int64."""
     pred, target = _masks(probs, targets, threshold)
     n, pixels = pred.shape[0], pred.shape[1] * pred.shape[2]
     pred, target = pred.reshape(n, pixels), target.reshape(n, pixels)
-    intersection = np.count_nonzero(pred & target, axis=1).astype(np.float64)
-    total = np.count_nonzero(pred, axis=1) + np.count_nonzero(target, axis=1)
-    dice = np.ones(n, dtype=np.float64)  # total == 0: empty target and empty prediction
+    intersection = np.count_nonzero(pred & target, axis=1).astype(np.int64)
+    return (
+        intersection,
+        np.count_nonzero(pred, axis=1).astype(np.int64),
+        np.count_nonzero(target, axis=1).astype(np.int64),
+    )
+
+
+def dice_from_terms(
+    intersection: np.ndarray, predicted: np.ndarray, target: np.ndarray
+) -> np.ndarray:
+    """Per-image Dice (N,) float64 from :func:`dice_terms` (1.0 where both masks are empty)."""
+    intersection = np.asarray(intersection, dtype=np.float64)
+    total = np.asarray(predicted, dtype=np.float64) + np.asarray(target, dtype=np.float64)
+    dice = np.ones(intersection.shape, dtype=np.float64)  # total == 0: both masks empty
     nonempty = total > 0
     dice[nonempty] = 2.0 * intersection[nonempty] / total[nonempty]
     return dice
+
+
+def dice_per_image(probs: ArrayLike, targets: ArrayLike, threshold: float = 0.5) -> np.ndarray:
+    """Foreground Dice of each image, shape (N,), float64 (module docstring for the rules)."""
+    return dice_from_terms(*dice_terms(probs, targets, threshold))
 
 
 def mean_dice(probs: ArrayLike, targets: ArrayLike, threshold: float = 0.5) -> float:
@@ -95,9 +114,22 @@ class DiceAccumulator:
     def __init__(self, threshold: float = 0.5) -> None:
         self.threshold = threshold
         self._values: list[np.ndarray] = []
+        self._terms: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
     def update(self, probs: ArrayLike, targets: ArrayLike) -> None:
-        self._values.append(dice_per_image(probs, targets, self.threshold))
+        terms = dice_terms(probs, targets, self.threshold)
+        self._terms.append(terms)
+        self._values.append(dice_from_terms(*terms))
+
+    def per_image(self) -> dict[str, np.ndarray]:
+        """Every image seen, in order: ``dice`` and its terms ``intersection``, ``predicted``
+        and ``target`` (pixel counts; :func:`dice_terms`)."""
+        out = {
+            name: np.concatenate([*(terms[k] for terms in self._terms), np.zeros(0, np.int64)])
+            for k, name in enumerate(("intersection", "predicted", "target"))
+        }
+        out["dice"] = np.concatenate([*self._values, np.zeros(0)])
+        return out
 
     @property
     def count(self) -> int:
@@ -111,3 +143,4 @@ class DiceAccumulator:
 
     def reset(self) -> None:
         self._values = []
+        self._terms = []

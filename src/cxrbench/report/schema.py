@@ -9,7 +9,8 @@ from typing import Any
 
 from cxrbench.errors import CxrbenchError
 
-SCHEMA_VERSION = 1
+#: 2: ``predictions_sha256`` (records of version 1 have none and still load)
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,8 @@ class ResultRecord:
     created: str
     schema_version: int = SCHEMA_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
+    # sha256 of the run's predictions.npz (cxrbench.predictions); "" when it wrote none
+    predictions_sha256: str = ""
 
     @property
     def value(self) -> float:

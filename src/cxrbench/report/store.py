@@ -28,4 +28,9 @@ def read_record(path: Path) -> ResultRecord:
 
 def collect(root: Path) -> list[ResultRecord]:
     """Every record under ``root``, in a stable order (a suite is a folder: ``runs/<suite>/``)."""
-    return [read_record(p) for p in sorted(Path(root).rglob(RESULT_FILE))]
+    return [record for _, record in collect_paths(root)]
+
+
+def collect_paths(root: Path) -> list[tuple[Path, ResultRecord]]:
+    """Every record under ``root`` with the path of its ``result.json``, in a stable order."""
+    return [(p, read_record(p)) for p in sorted(Path(root).rglob(RESULT_FILE))]

@@ -114,8 +114,11 @@ def protocol_of(records: Sequence[ResultRecord]) -> str | None:
     return found.pop() if len(found) == 1 else None
 
 
-def suite_caption(suite: Suite, records: Sequence[ResultRecord], reported: bool = False) -> str:
-    """Protocol, encoder, data, preset and seeds of a suite's table, in words."""
+def suite_caption(
+    suite: Suite, records: Sequence[ResultRecord], reported: bool = False, bold: str | None = None
+) -> str:
+    """Protocol, encoder, data, preset and seeds of a suite's table, in words. ``bold``: what
+    the cells show and which are bold, when not mean ± std with the best mean in bold."""
     versions = ", ".join(
         f"{t} v{v}" for t, v in sorted({(r.task, r.task_version) for r in records})
     )
@@ -125,10 +128,15 @@ def suite_caption(suite: Suite, records: Sequence[ResultRecord], reported: bool 
     data = suite.data_root or f"SynthCXR {suite.preset} (synthetic)"
     metrics = sorted({r.metric.split("/")[-1] for r in records} & set(PAPER_SCALE))
     scaled = f"{', '.join(METRIC_NAMES[m] for m in metrics)} × 100; " if metrics else ""
+    spread = spread_words(suite, records)
+    if bold is not None:  # no ± shown: the runs the means are over, then the intervals' rule
+        spread = spread.replace("mean ± std", "mean").replace(
+            " (± leaves out pre-training noise)", ""
+        )
     text = (
         f"{suite.name}: protocol {protocol} (task versions {versions}), {encoder} encoder "
         f"(probe {', '.join(modes)}); data {data}; preset {suite.preset}; "
-        f"{spread_words(suite, records)}; {scaled}best of our runs in bold"
+        f"{spread}; {scaled}{bold or 'best of our runs in bold'}"
     )
     return text + ("; ‡ quoted from papers, not ranked" if reported else "")
 

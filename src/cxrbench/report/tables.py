@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,6 +38,7 @@ from cxrbench.report.suites import (
 from cxrbench.utils.io import atomic_write_text
 
 if TYPE_CHECKING:
+    from cxrbench.report.compare import Interval
     from cxrbench.suite import Suite
 
 FORMATS = {"md": "md", "tex": "tex", "csv": "csv"}  # --format → file extension
@@ -59,8 +60,9 @@ class Entry:
     std: float | None  # None: one seed, or a reported value
     n: int | None = None  # seeds (None for a reported value)
     planned: int | None = None
-    best: bool = False
+    best: bool = False  # with ``ci``: in the column's top group (report/compare.py)
     metric: str = ""  # a reported value's metric when it differs from the column's
+    ci: tuple[float, float] | None = None  # display units; shown instead of the std
 
     @property
     def complete(self) -> bool:
@@ -99,8 +101,10 @@ def build_layout(
     task_order: Sequence[str] | None = None,
     scale: float | None = None,
     published: Sequence[PublishedRow] = (),
+    intervals: Mapping[tuple[str, str, float], Interval] | None = None,
 ) -> Layout:
-    """``scale`` None: each metric's paper scale (``PAPER_SCALE``, 1 for others)."""
+    """``scale`` None: each metric's paper scale (``PAPER_SCALE``, 1 for others). ``intervals``
+    (``compare.suite_intervals``): cells show their interval, bold marks the top groups."""
     tasks = list(dict.fromkeys([*(task_order or []), *(c.task for c in cells)]))
     metrics = {c.task: c.metric.split("/")[-1] for c in cells}
     higher = {c.task: c.higher_is_better for c in cells}
@@ -116,7 +120,9 @@ def build_layout(
     best = {col: _best(cells, col) for col in columns}
     rows = []
     for m in [m for m in methods if any(c.method == m for c in cells)]:
-        entries = tuple(_entry(index.get((m, c.task, c.fraction)), c, best[c]) for c in columns)
+        entries = tuple(
+            _entry(index.get((m, c.task, c.fraction)), c, best[c], intervals) for c in columns
+        )
         rows.append(Row(m, entries))
     for pub in published:
         entries = tuple(_reported(pub, col) for col in columns)
@@ -133,9 +139,18 @@ def _best(cells: Sequence[Cell], column: Column) -> float | None:
     return pick(c.mean for c in values)
 
 
-def _entry(cell: Cell | None, col: Column, best: float | None) -> Entry | None:
+def _entry(
+    cell: Cell | None,
+    col: Column,
+    best: float | None,
+    intervals: Mapping[tuple[str, str, float], Interval] | None = None,
+) -> Entry | None:
     if cell is None:
         return None
+    if intervals is not None:
+        iv = intervals[(cell.method, cell.task, cell.fraction)]
+        ci = (iv.low * col.scale, iv.high * col.scale)
+        return Entry(cell.mean * col.scale, None, cell.n, cell.planned, iv.top, ci=ci)
     std = cell.std * col.scale if cell.n > 1 else None
     return Entry(cell.mean * col.scale, std, cell.n, cell.planned, cell.mean == best)
 
@@ -157,6 +172,8 @@ def _md_cell(entry: Entry | None, decimals: int) -> str:
     text = f"{entry.mean:.{decimals}f}"
     if entry.std is not None:
         text += f" ± {entry.std:.{decimals}f}"
+    if entry.ci is not None:
+        text += f" [{entry.ci[0]:.{decimals}f}, {entry.ci[1]:.{decimals}f}]"
     if entry.best:
         text = f"**{text}**"
     if entry.metric:
@@ -224,7 +241,7 @@ def markdown_table(
 _TEX = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
     "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-    "±": r"$\pm$", "×": r"$\times$", "–": "--", "—": "---", "·": r"$\cdot$",
+    "±": r"$\pm$", "≥": r"$\geq$", "×": r"$\times$", "–": "--", "—": "---", "·": r"$\cdot$",
     REPORTED: r"$^\ddagger$", PARTIAL: r"$^\dagger$", VARIANT: r"\S{}",
 }  # fmt: skip
 
@@ -241,6 +258,8 @@ def _tex_cell(entry: Entry | None, decimals: int) -> str:
         text = rf"\textbf{{{text}}}"
     marks = (r"\S" if entry.metric else "") + ("" if entry.complete else r"\dagger")
     math = "" if entry.std is None else rf"_{{\pm {entry.std:.{decimals}f}}}"
+    if entry.ci is not None:
+        math = rf"_{{[{entry.ci[0]:.{decimals}f}, {entry.ci[1]:.{decimals}f}]}}"
     math += rf"^{{{marks}}}" if marks else ""
     return f"{text}${math}$" if math else text
 
@@ -303,7 +322,8 @@ def render_csv(layout: Layout, *, decimals: int = 3) -> str:
     """One row per (method, task, fraction) that has a value; numbers in display units."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(CSV_FIELDS)
+    intervals = any(e is not None and e.ci is not None for r in layout.rows for e in r.entries)
+    writer.writerow(CSV_FIELDS + (("ci_low", "ci_high") if intervals else ()))
     for row in layout.rows:
         pub = row.reported
         for col, e in zip(layout.columns, row.entries, strict=True):
@@ -316,6 +336,7 @@ def render_csv(layout: Layout, *, decimals: int = 3) -> str:
                 e.metric or col.metric, f"{col.scale:g}", f"{e.mean:.{decimals}f}", std,
                 "" if e.n is None else e.n, "" if e.planned is None else e.planned,
                 int(e.complete), int(e.best), *cite,
+                *([] if not intervals else [f"{v:.{decimals}f}" for v in e.ci or ()] or ["", ""]),
             ])  # fmt: skip
     return out.getvalue()
 
@@ -356,16 +377,23 @@ def write_table(text: str, path: Path, command: str) -> None:
 
 
 def suite_layout(
-    suite: Suite, runs: Path, published: str | None, published_dir: Path
+    suite: Suite, runs: Path, published: str | None, published_dir: Path, ci: bool = False
 ) -> tuple[Layout, str]:
-    """The suite's layout (records of ``runs/<suite>``, seeds planned by the suite) and caption."""
+    """The suite's layout (records of ``runs/<suite>``, seeds planned by the suite) and caption.
+    ``ci``: bootstrap intervals instead of ± std, bold top groups (``compare.suite_intervals``)."""
     from cxrbench.report.aggregate import aggregate
 
     records = suite_records(suite, runs)
     cells = aggregate(records, planned_seeds=planned_runs(suite))
     rows = reported_rows(suite, records, published, published_dir)
-    layout = build_layout(cells, method_order=suite.methods, task_order=suite.tasks, published=rows)
-    return layout, suite_caption(suite, records, reported=bool(layout.reported))
+    intervals, bold = None, None
+    if ci:
+        from cxrbench.report.compare import intervals_caption, suite_intervals
+
+        intervals, bold = suite_intervals(suite, runs), intervals_caption()
+    layout = build_layout(cells, method_order=suite.methods, task_order=suite.tasks,
+                          published=rows, intervals=intervals)  # fmt: skip
+    return layout, suite_caption(suite, records, reported=bool(layout.reported), bold=bold)
 
 
 def write_suite_tables(
@@ -377,9 +405,10 @@ def write_suite_tables(
     command: str,
     published: str | None = None,
     published_dir: Path = Path("results/published"),
+    ci: bool = False,
 ) -> list[tuple[Path, str]]:
     """``cxrbench table``: write ``out/<suite>.<ext>`` per format; returns (path, text) pairs."""
-    layout, caption = suite_layout(suite, runs, published, published_dir)
+    layout, caption = suite_layout(suite, runs, published, published_dir, ci)
     written = []
     for fmt in formats:
         text = render(layout, fmt, title=caption, label=f"tab:{suite.name}")

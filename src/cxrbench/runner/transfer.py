@@ -1,10 +1,11 @@
 """One transfer job: encoder artifact + task + label fraction + seed → ``result.json``.
 
 The run directory holds ``config.yaml`` (the resolved protocol and its hash),
-``checkpoints/{best,last}.ckpt`` and, written last and atomically, ``result.json``: a finished
-run is skipped, an interrupted one resumes from ``last.ckpt`` (RNG states included, so it ends
-with the same numbers as an uninterrupted run), and a run folder made with another config is
-refused.
+``checkpoints/{best,last}.ckpt``, ``predictions.npz`` (the test-set predictions the metrics were
+computed from, :mod:`cxrbench.predictions`; its sha256 is in the record) and, written last and
+atomically, ``result.json``: a finished run is skipped, an interrupted one resumes from
+``last.ckpt`` (RNG states included, so it ends with the same numbers as an uninterrupted run),
+and a run folder made with another config is refused.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from cxrbench.provenance import code_version, device_name
 from cxrbench.report.schema import ResultRecord
 from cxrbench.report.store import read_record, write_record
 from cxrbench.runner.resolve import TransferJob
-from cxrbench.runs import RESULT_FILE, finished, has_progress, reopen
+from cxrbench.runs import PREDICTIONS_FILE, RESULT_FILE, finished, has_progress, reopen
 from cxrbench.utils.io import atomic_write_text
 from cxrbench.utils.lock import exclusive
 
@@ -165,6 +166,7 @@ def _run_transfer(
         verbose=False,
         weights_only=True,
     )
+    predictions_sha256 = _write_predictions(run_dir, job, system, data.test.ids)
     clock = next(c for c in trainer.callbacks if isinstance(c, WallClock))  # type: ignore[attr-defined]
     selected = float(best.best_model_score if best.best_model_score is not None else float("nan"))
     metrics = {**system.test_results, system_cls.monitor: selected}
@@ -188,9 +190,28 @@ def _run_transfer(
         wall_seconds=round(clock.before + time.perf_counter() - start, 2),  # all attempts
         device=device_name(trainer.strategy.root_device),
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        predictions_sha256=predictions_sha256,
     )
-    write_record(result, record)
+    write_record(result, record)  # last: the run's "finished" marker
     return record
+
+
+def _write_predictions(run_dir: Path, job: TransferJob, system: Any, ids: list[str]) -> str:
+    """Write the system's ``test_predictions`` with the test ids as ``predictions.npz`` (before
+    the record, atomically); its sha256, or "" for a system that hands over none."""
+    from cxrbench.predictions import write_predictions
+
+    arrays = dict(getattr(system, "test_predictions", None) or {})
+    if not arrays:
+        return ""
+    seen = arrays.pop("image_ids", None)  # the ids the system saw, when its batches carry them
+    if seen is not None and [str(i) for i in seen] != [str(i) for i in ids]:
+        raise CxrbenchError(
+            f"{job.task.name}: the test loader gave {len(seen)} images not in the order of the "
+            f"test split's {len(ids)} ids; predictions could not be matched to images"
+        )
+    arrays.update(kind=job.task.kind, task=job.task.name, ids=[str(i) for i in ids])
+    return write_predictions(run_dir / PREDICTIONS_FILE, arrays)
 
 
 def _claim(run_dir: Path, job: TransferJob, artifact: Path) -> None:

@@ -5,7 +5,11 @@ identity, loading and freezing the encoder artifact, seeding, the Lightning ``Tr
 checkpointing, early stopping and resume, and the :class:`~cxrbench.report.schema.ResultRecord`.
 A system owns the rest: from the task's items and the encoder it builds itself and its data
 loaders (:meth:`TransferSystem.prepare`), trains, and after the test epoch leaves its metrics in
-``test_results`` (``{"test/<metric>": value, ...}``, computed over the whole test set).
+``test_results`` (``{"test/<metric>": value, ...}``, computed over the whole test set) and what
+they were computed from in ``test_predictions`` (numpy arrays, one entry per test image in the
+test loader's order; the keys of its kind are listed in :mod:`cxrbench.predictions`). The runner
+writes the latter as ``predictions.npz`` beside ``result.json`` (``cxrbench compare`` resamples
+it).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import lightning as L
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -46,6 +51,7 @@ class TransferSystem(L.LightningModule):
     def __init__(self) -> None:
         super().__init__()
         self.test_results: dict[str, float] = {}
+        self.test_predictions: dict[str, np.ndarray] = {}
 
     @classmethod
     def prepare(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -175,6 +176,12 @@ class ClassificationSystem(TransferSystem):
                 raise  # the headline: its error names the class without positives
         value = results[f"test/{self.metric}"]
         self.test_results = {f"test/{self.metric}": float(value), **results}
+        self.test_predictions = {
+            "label_kind": np.asarray(self.label_kind),
+            "classes": np.asarray([str(c) for c in self.class_names]),
+            "targets": labels.numpy(),
+            "scores": scores,  # what the metrics above were computed from
+        }
         self.log(f"test/{self.metric}", float(value))
 
     def configure_optimizers(self) -> Any:

@@ -215,6 +215,7 @@ class DetectionSystem(TransferSystem):
         self.cfg = cfg
         self.params = params
         self._scores = DetectionAccumulator()
+        self._ids: list[str] = []  # of the images scored, in order
 
     @staticmethod
     def _unpack(batch: Batch) -> tuple[Tensor, list[Tensor], list[Tensor]]:
@@ -231,6 +232,7 @@ class DetectionSystem(TransferSystem):
         return loss
 
     def _evaluate(self, batch: Batch) -> Tensor:
+        self._ids.extend(str(row["id"]) for row in batch)
         images, boxes, labels = self._unpack(batch)
         loss, found = self.detector.evaluate(images, boxes, labels)
         preds = [{"boxes": b, "scores": s, "labels": lb} for b, s, lb in found]
@@ -239,6 +241,8 @@ class DetectionSystem(TransferSystem):
         return loss
 
     def _compute(self, split: str) -> dict[str, float]:
+        if split == "test":  # kept detections and ground truth per image (predictions.npz)
+            self.test_predictions = {**self._scores.per_image(), "image_ids": np.asarray(self._ids)}
         try:
             return self._scores.compute()
         except MetricError as err:
@@ -251,6 +255,7 @@ class DetectionSystem(TransferSystem):
 
     def on_validation_epoch_start(self) -> None:
         self._scores.reset()
+        self._ids = []
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         loss = self._evaluate(batch)
@@ -263,6 +268,7 @@ class DetectionSystem(TransferSystem):
 
     def on_test_epoch_start(self) -> None:
         self._scores.reset()
+        self._ids = []
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         self._evaluate(batch)

@@ -355,6 +355,7 @@ class SegmentationSystem(TransferSystem):
     def on_test_epoch_end(self) -> None:
         loss, dice = self._test
         self.test_results = {"test/dice": dice.compute(), "test/loss": loss.compute()}
+        self.test_predictions = dice.per_image()  # per-image Dice and its pixel counts
         for acc in self._test:
             acc.reset()
         for key, value in self.test_results.items():
