@@ -128,8 +128,8 @@ def case_corrupt_checkpoint(data: Path, work: Path) -> tuple[bool, str]:
     again = cxr(*pretrain_args(data, out, "trainer.max_epochs=1"))
     aside = list(ckpt.parent.glob("last.ckpt.corrupt-*"))
     same = again.returncode == 0 and sha(run_dir / "encoder" / "encoder.safetensors") == reference
-    return same and len(aside) == 1, (f"rerun exit {again.returncode}; set aside: "
-                                      f"{[p.name for p in aside]}; same encoder: {same}")  # fmt: skip
+    seen = f"rerun exit {again.returncode}; set aside: {[p.name for p in aside]}; same: {same}"
+    return same and len(aside) == 1, seen
 
 
 def case_no_mimic_for_random_init(data: Path, work: Path) -> tuple[bool, str]:
@@ -140,12 +140,43 @@ def case_no_mimic_for_random_init(data: Path, work: Path) -> tuple[bool, str]:
     return run.returncode == 0, f"exit {run.returncode} {run.stderr.strip()[-160:]}"
 
 
+def case_full_disk(data: Path, work: Path) -> tuple[bool, str]:
+    """A real full disk: ``--out`` on a 40 MB tmpfs (a tiny-preset checkpoint is ~21 MB, and an
+    atomic save needs room for the old and the new one), then space freed (the tmpfs remounted
+    at 400 MB) and the same command run again. Needs root (mount); skipped otherwise."""
+    mnt = work / "mnt"
+    mnt.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40M", "tmpfs", str(mnt)],
+                             capture_output=True, text=True)  # fmt: skip
+    if mounted.returncode:
+        return True, f"skipped: cannot mount a tmpfs here ({mounted.stderr.strip()})"
+    try:
+        straight = cxr(*pretrain_args(data, work / "straight"))
+        artifact = Path(straight.stdout.strip().splitlines()[-1])
+        full = cxr(*pretrain_args(data, mnt / "out"))
+        ckpts = sorted(p.name for p in (mnt / "out").rglob("checkpoints/*"))
+        subprocess.run(["mount", "-o", "remount,size=400M", str(mnt)], check=True)
+        again = cxr(*pretrain_args(data, mnt / "out"))
+        if again.returncode:
+            return False, f"rerun with space: exit {again.returncode} {again.stderr[-300:]}"
+        resumed = Path(again.stdout.strip().splitlines()[-1])
+        a, b = sha(artifact / "encoder.safetensors"), sha(resumed / "encoder.safetensors")
+        error = (full.stderr.strip().splitlines() or [""])[-1][:160]
+        return full.returncode != 0 and a == b, (
+            f"full disk: exit {full.returncode} ({error}); left {ckpts}; after freeing space: "
+            f"exit 0, encoder sha256 {b[:8]} vs uninterrupted {a[:8]}"
+        )
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
 CASES: dict[str, Callable[[Path, Path], tuple[bool, str]]] = {
     "kill9_mid_epoch_resume": case_kill9_mid_epoch,
     "concurrent_runs_one_folder": case_concurrent_runs,
     "bad_numbers_then_corrected": case_bad_numbers,
     "corrupt_checkpoint": case_corrupt_checkpoint,
     "random_init_without_mimic": case_no_mimic_for_random_init,
+    "full_disk_then_freed": case_full_disk,
 }
 
 
@@ -166,8 +197,8 @@ def main() -> int:
         start = time.perf_counter()
         ok, seen = CASES[name](data, work / name)
         failed += not ok
-        print(f"case {name}: {'ok' if ok else 'FAIL'}  {seen}  ({time.perf_counter() - start:.0f} s)",
-              flush=True)  # fmt: skip
+        took = time.perf_counter() - start
+        print(f"case {name}: {'ok' if ok else 'FAIL'}  {seen}  ({took:.0f} s)", flush=True)
     print(f"{len(args.case or CASES) - failed} ok, {failed} failed (work folder {work})")
     return failed
 
