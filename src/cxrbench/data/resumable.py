@@ -110,7 +110,8 @@ def seeded(*key: int) -> Iterator[None]:
 
 
 class SeededItems(Dataset[Any]):
-    """``items[index]`` read under :func:`seeded` ``(seed, epoch, index)``."""
+    """``items[index]`` read under :func:`seeded` ``(seed, epoch, index)``; items whose
+    ``draws_random`` attribute is false (cached feature rows) are read as they are."""
 
     def __init__(self, items: Dataset[Any], seed: int) -> None:
         self.items, self.seed = items, int(seed)
@@ -120,6 +121,8 @@ class SeededItems(Dataset[Any]):
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
         epoch, index = key
+        if not getattr(self.items, "draws_random", True):  # e.g. cached feature rows
+            return self.items[index]
         with seeded(self.seed, epoch, index):
             return self.items[index]
 

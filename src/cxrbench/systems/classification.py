@@ -34,6 +34,8 @@ class _Rows(Dataset[dict[str, Any]]):
     def __init__(self, items: Items, features: torch.Tensor | None, cfg: TaskConfig, train: bool):
         self.items, self.features, self.cfg, self.train = items, features, cfg, train
         self.labels = torch.from_numpy(items.labels)
+        # cached feature rows draw nothing: their loader skips the per-item seeding
+        self.draws_random = features is None
 
     def __len__(self) -> int:
         return len(self.items.ids)
