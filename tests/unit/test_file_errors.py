@@ -152,7 +152,7 @@ def test_a_run_folder_reopened_loses_its_orphans(tmp_path: Path) -> None:
     run.mkdir()
     orphan = run / ".text_model.txt.ab12cd34.tmp"
     orphan.write_text("partial")
-    os.utime(orphan, (time.time() - 60, time.time() - 60))
+    os.utime(orphan, (time.time() - 86400, time.time() - 86400))  # before any process start
     run_pretrain(load_config("random_init", "tiny"), tmp_path / "no-data", run)  # reads no data
     assert not orphan.exists()
 
