@@ -27,7 +27,7 @@ from cxrbench.methods.base import PretrainConfig, PretrainMethod
 from cxrbench.models.artifact import export_encoder
 from cxrbench.models.backbones import build_backbone
 from cxrbench.runner.resolve import PretrainJob
-from cxrbench.runs import ENCODER_DIR, finished, has_progress, reopen
+from cxrbench.runs import ENCODER_DIR, LAST_CHECKPOINT, finished, has_progress, reopen
 from cxrbench.utils.io import atomic_write_text, load_checkpoint, sha256_file
 from cxrbench.utils.lock import exclusive
 
@@ -172,23 +172,21 @@ def _run_pretrain(job: PretrainJob, data_root: Path, run_dir: Path) -> Path:
     cls = METHODS.get(job.cfg.method)
     stats: dict[str, Any] = {"pretrain_seed": job.cfg.seed, "preset": job.preset}
     before = 0.0  # training seconds of earlier attempts of this run (resumed)
-    L.seed_everything(job.cfg.seed, workers=True, verbose=False)
+    text_path = None
     if cls.trains:  # random_init / imagenet read no data
         mimic_root = dataset_folder("mimic", data_root, job.cfg.data)
         text_path = resolve_text_model(job, mimic_root, job.cfg.trainer.progress)
         if text_path is not None:
             atomic_write_text(run_dir / "text_model.txt", f"{text_path.resolve()}\n")
-        L.seed_everything(job.cfg.seed, workers=True, verbose=False)
-        method = build_method(job, text_path)
-    else:
-        method = build_method(job, None)
+    L.seed_everything(job.cfg.seed, workers=True, verbose=False)
+    method = build_method(job, text_path)
     method.train()  # HF models load in eval mode; frozen parts keep eval through their train()
     if cls.trains:
         stats["corpus_fingerprint"] = corpus_fingerprint(mimic_root)
         train, val, n_train = _loaders(job, method, data_root, mimic_root)
         trainer = _trainer(job, run_dir, train)
         system = PretrainSystem(method, job.cfg)
-        last = run_dir / "checkpoints" / "last.ckpt"
+        last = run_dir / LAST_CHECKPOINT
         trainer.fit(system, train, val, ckpt_path=resume_point(last), weights_only=True)
         if not trainer.is_global_zero:
             return artifact
@@ -245,7 +243,7 @@ def export_checkpoint(run_dir: Path, ckpt: Path | None = None, out: Path | None 
     job = PretrainJob(job_cfg, build(METHODS.get(job_cfg.method).Config,
                                      [Layer("config.yaml", stored.get("params", {}))]),
                       preset, stored_hash)  # fmt: skip
-    ckpt = ckpt or run_dir / "checkpoints" / "last.ckpt"
+    ckpt = ckpt or run_dir / LAST_CHECKPOINT
     state = load_checkpoint(ckpt)["state_dict"]
     method = build_method(job, _text_path_for_export(job, run_dir))
     prefix = "method."

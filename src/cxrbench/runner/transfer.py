@@ -30,7 +30,14 @@ from cxrbench.provenance import code_version, device_name
 from cxrbench.report.schema import ResultRecord
 from cxrbench.report.store import read_record, write_record
 from cxrbench.runner.resolve import TransferJob
-from cxrbench.runs import PREDICTIONS_FILE, RESULT_FILE, finished, has_progress, reopen
+from cxrbench.runs import (
+    LAST_CHECKPOINT,
+    PREDICTIONS_FILE,
+    RESULT_FILE,
+    finished,
+    has_progress,
+    reopen,
+)
 from cxrbench.utils.io import atomic_write_text
 from cxrbench.utils.lock import exclusive
 
@@ -148,7 +155,7 @@ def _run_transfer(
     system = prepared.system
     trainer, best = _trainer(job, run_dir, system_cls.monitor, system_cls.monitor_mode,
                              prepared.train)  # fmt: skip
-    last = run_dir / "checkpoints" / "last.ckpt"
+    last = run_dir / LAST_CHECKPOINT
     with warnings.catch_warnings():
         if not job.cfg.probe.finetune:  # a frozen encoder is in eval mode on purpose
             warnings.filterwarnings("ignore", message=EVAL_MODE_WARNING)
