@@ -55,11 +55,11 @@ TRUTH = {
 #: metrics computable from each kind's file, by short key
 METRICS = {
     "classification": ("auroc", "accuracy"),
-    "segmentation": ("dice",),
+    "segmentation": ("dice", "dice_pos", "dice_global"),
     "detection": ("map", "map_mgca", "map50"),
 }
 #: metrics undefined without positives: their bootstrap is stratified by label pattern
-NEEDS_POSITIVES = frozenset({"auroc", "map", "map_mgca", "map50"})
+NEEDS_POSITIVES = frozenset({"auroc", "map", "map_mgca", "map50", "dice_pos"})
 _DATE = (1980, 1, 1, 0, 0, 0)
 
 
@@ -203,9 +203,12 @@ class Predictions:
             )
             return out
         if self.kind == "segmentation":
+            from cxrbench.metrics.segmentation import dice_summary
+
             if len(a["dice"]) == 0:
                 raise CxrbenchError(f"{self.path}: Dice is undefined on zero images")
-            return {"test/dice": float(np.asarray(a["dice"], dtype=np.float64).mean())}
+            summary = dice_summary(a["intersection"], a["predicted"], a["target"])
+            return {f"test/{key}": value for key, value in summary.items()}
         preds, gts = detection.unpack_boxes(a)
         acc = detection.DetectionAccumulator()
         acc.update(preds, gts)
@@ -220,6 +223,8 @@ class Predictions:
 
         if self.kind == "classification":
             return strata_of(self.arrays["targets"])
+        if self.kind == "segmentation":
+            return (np.asarray(self.arrays["target"]) > 0).astype(np.int64)
         return (np.asarray(self.arrays["gt_count"]) > 0).astype(np.int64)
 
     def resampled(self, metric: str) -> Callable[[np.ndarray], np.ndarray]:
@@ -238,6 +243,11 @@ class Predictions:
             return lambda c: resample.accuracy(a["scores"], a["targets"], c)
         if metric == "dice":
             return lambda c: resample.weighted_mean(a["dice"], c)
+        if metric == "dice_pos":
+            positive = np.asarray(a["target"]) > 0
+            return lambda c: resample.weighted_mean(a["dice"][positive], c[..., positive])
+        if metric == "dice_global":
+            return lambda c: resample.dice_global(a["intersection"], a["predicted"], a["target"], c)
         key = "map50" if metric == "map50" else "map"
         if key not in self._cache:
             from cxrbench.metrics.detection import unpack_boxes

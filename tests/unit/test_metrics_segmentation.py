@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from cxrbench.metrics.classification import MetricError
-from cxrbench.metrics.segmentation import DiceAccumulator, dice_per_image, mean_dice
+from cxrbench.metrics.segmentation import (
+    DiceAccumulator,
+    dice_global,
+    dice_per_image,
+    dice_positive,
+    dice_summary,
+    dice_terms,
+    mean_dice,
+)
 
 
 def _mask(rows: list[str]) -> np.ndarray:
@@ -136,3 +144,72 @@ def test_logits_and_non_binary_targets_are_errors() -> None:
         dice_per_image(np.full((1, 2, 2), np.nan), np.ones((1, 2, 2)))
     with pytest.raises(MetricError, match="binary targets"):
         dice_per_image(np.full((1, 2, 2), 0.7), np.full((1, 2, 2), 0.5))
+
+
+# ---------------------------------------------------------------- dice_pos and dice_global
+
+
+def _random_set(seed: int, n: int = 12, size: int = 9) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and targets where a third of the targets are empty and a few predictions
+    on those are not (the cases the two metrics exist for)."""
+    rng = np.random.default_rng(seed)
+    targets = (rng.random((n, size, size)) < 0.3).astype(np.float64)
+    targets[: n // 3] = 0
+    probs = rng.random((n, size, size))
+    probs[1] = 0.0  # empty target, empty prediction
+    return probs, targets
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_dice_global_is_sklearn_f1_over_all_pixels(seed: int) -> None:
+    from sklearn.metrics import f1_score
+
+    probs, targets = _random_set(seed)
+    terms = dice_terms(probs, targets)
+    reference = f1_score(targets.ravel().astype(int), (probs > 0.5).ravel().astype(int))
+    assert dice_global(*terms) == pytest.approx(reference, abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_dice_pos_is_mean_sklearn_f1_over_positive_images(seed: int) -> None:
+    from sklearn.metrics import f1_score
+
+    probs, targets = _random_set(seed)
+    positive = [i for i in range(len(targets)) if targets[i].any()]
+    reference = np.mean(
+        [
+            f1_score(targets[i].ravel().astype(int), (probs[i] > 0.5).ravel().astype(int))
+            for i in positive
+        ]
+    )
+    summary = dice_summary(*dice_terms(probs, targets))
+    assert summary["dice_pos"] == pytest.approx(reference, abs=1e-12)
+    assert summary["dice"] == pytest.approx(np.mean(_naive_dice(probs, targets)), abs=1e-12)
+
+
+def test_an_all_empty_prediction_wins_dice_but_not_the_other_two() -> None:
+    targets = np.zeros((4, 4, 4))
+    targets[0, :2, :2] = 1  # one positive image of four
+    empty = np.zeros_like(targets)
+    summary = dice_summary(*dice_terms(empty, targets))
+    assert summary == {"dice": 0.75, "dice_global": 0.0, "dice_pos": 0.0}
+    # a perfect mask on the positive plus one stray pixel on each negative: Dice per image drops
+    # to 0.25, the global Dice charges 3 false pixels against 8 true ones, dice_pos is perfect
+    stray = targets.copy()
+    stray[1:, 3, 3] = 1
+    summary = dice_summary(*dice_terms(stray, targets))
+    assert summary["dice"] == 0.25
+    assert summary["dice_global"] == pytest.approx(2 * 4 / (7 + 4))
+    assert summary["dice_pos"] == 1.0
+
+
+def test_summary_without_foreground_and_accumulator_agree() -> None:
+    empty = np.zeros((3, 4, 4))
+    assert dice_summary(*dice_terms(empty, empty)) == {"dice": 1.0, "dice_global": 1.0}
+    with pytest.raises(MetricError, match="dice_pos is undefined"):
+        dice_positive(*dice_terms(empty, empty))
+    probs, targets = _random_set(5)
+    acc = DiceAccumulator()
+    acc.update(probs[:5], targets[:5])
+    acc.update(torch.from_numpy(probs[5:]), torch.from_numpy(targets[5:]))
+    assert acc.summary() == dice_summary(*dice_terms(probs, targets))

@@ -113,3 +113,22 @@ def test_many_resamples_are_chunked_without_changing_values(monkeypatch) -> None
     whole = resample.macro_auroc(scores, targets, counts)
     monkeypatch.setattr(resample, "CHUNK_ENTRIES", 120)  # a few rows at a time
     np.testing.assert_array_equal(resample.macro_auroc(scores, targets, counts), whole)
+
+
+def test_dice_global_and_dice_pos_resamples_equal_the_metric_of_the_drawn_images() -> None:
+    from cxrbench.metrics.segmentation import dice_global, dice_positive
+
+    rng = np.random.default_rng(3)
+    n = 30
+    probs, masks = rng.random((n, 6, 6)), rng.random((n, 6, 6)) < 0.25
+    masks[:12] = False
+    inter, pred, true = dice_terms(probs, masks)
+    dice = dice_from_terms(inter, pred, true)
+    positive = true > 0
+    indices = resample.draw(np.random.default_rng(4), n, 15, positive.astype(int))
+    counts = resample.counts_of(indices, n)
+    got_global = resample.dice_global(inter, pred, true, counts)
+    got_pos = resample.weighted_mean(dice[positive], counts[:, positive])
+    for b, drawn in enumerate(indices):
+        assert got_global[b] == pytest.approx(dice_global(inter[drawn], pred[drawn], true[drawn]))
+        assert got_pos[b] == pytest.approx(dice_positive(inter[drawn], pred[drawn], true[drawn]))

@@ -356,5 +356,7 @@ def test_rsna_seg_end_to_end_on_synth_tiny(synth_tiny: Path, tmp_path: Path) -> 
     assert 0.0 <= stored["metrics"]["test/dice"] <= 1.0
     assert math.isfinite(stored["metrics"]["test/loss"]) and "val/loss" in stored["metrics"]
     preds = read_predictions(tmp_path / "run" / "predictions.npz", record.predictions_sha256)
-    assert preds.metrics() == {"test/dice": stored["metrics"]["test/dice"]}
+    recomputed = preds.metrics()
+    assert set(recomputed) == {"test/dice", "test/dice_pos", "test/dice_global"}
+    assert recomputed == {k: stored["metrics"][k] for k in recomputed}
     assert len(preds) == len(preds.arrays["dice"]) and preds.kind == "segmentation"

@@ -136,6 +136,25 @@ def weighted_mean(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return _chunked(counts, one)
 
 
+def dice_global(
+    intersection: np.ndarray, predicted: np.ndarray, target: np.ndarray, counts: np.ndarray
+) -> np.ndarray:
+    """Dataset-level Dice 2·ΣTP / (ΣP + ΣT) (B,) on each resample from the per-image pixel
+    counts (``metrics/segmentation.py``; 1.0 where a resample has no predicted or target pixel)."""
+    tp = np.asarray(intersection, dtype=np.float64).reshape(-1)
+    total = np.asarray(predicted, dtype=np.float64).reshape(-1) + np.asarray(
+        target, dtype=np.float64
+    ).reshape(-1)
+
+    def one(c: np.ndarray) -> np.ndarray:
+        cf = c.astype(np.float64)
+        num, den = 2.0 * (cf @ tp), cf @ total
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(den > 0, num / den, 1.0)
+
+    return _chunked(counts, one)
+
+
 def accuracy(scores: np.ndarray, targets: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Top-1 accuracy (B,) on each resample; ``targets`` one-hot (N, C) or indices (N,)."""
     t = np.asarray(targets)

@@ -10,10 +10,24 @@ Definitions (PROTOCOLS.md §1, "Dice"):
 * Per image, foreground Dice = 2·|P ∩ T| / (|P| + |T|). When the target is empty the image counts
   1.0 if the prediction is empty too and 0.0 otherwise (the formula gives 0.0 there anyway; only
   empty/empty needs the rule). A non-empty target with an empty prediction gives 0.0.
-* The task metric is the **mean over images** of the per-image Dice. Deviation from MGCA: MGCA
+* ``dice`` (the task metric, MGCA-compatible) is the **mean over images** of the per-image Dice. Deviation from MGCA: MGCA
   averaged per-batch means (the mean of batch means), which weights the images of a short last
   batch more and makes the number depend on the batch size; :class:`DiceAccumulator` keeps every
   image's Dice and averages those.
+
+Two more numbers are recorded beside it (:func:`dice_summary`), from the same thresholded masks:
+
+* ``dice_pos``: the mean per-image Dice over the images whose target has foreground (images with
+  an empty target are left out; undefined, a :class:`MetricError`, when no image has any).
+* ``dice_global``: dataset-level Dice, 2·ΣᵢTPᵢ / (ΣᵢPᵢ + ΣᵢTᵢ) over every pixel of every image
+  (1.0 when no image has a predicted or target pixel, as the per-image rule).
+
+Why ``dice`` alone misleads on a set that is mostly negative: an image with an empty target counts
+1.0 when the prediction is empty and 0.0 when a single pixel is predicted, so on a test set that is
+75 % negative a model that never predicts anything scores about 0.75, and one threshold flip on
+the negatives moves the mean by tens of points. ``dice_pos`` says how well the lesions are
+delineated, ``dice_global`` charges every false-positive pixel (on negative images too) and gives
+0 to an all-empty prediction; neither rewards predicting nothing.
 
 Inputs that break the definitions are errors, not silently coerced: a shape mismatch, a channel
 dimension other than 1, probabilities outside [0, 1] or NaN (logits passed by mistake), targets with
@@ -105,6 +119,38 @@ def mean_dice(probs: ArrayLike, targets: ArrayLike, threshold: float = 0.5) -> f
     return float(dice.mean())
 
 
+def dice_positive(intersection: np.ndarray, predicted: np.ndarray, target: np.ndarray) -> float:
+    """``dice_pos``: mean per-image Dice over the images with a non-empty target."""
+    positive = np.asarray(target) > 0
+    if not positive.any():
+        raise MetricError("dice_pos is undefined without an image that has target foreground")
+    return float(dice_from_terms(intersection, predicted, target)[positive].mean())
+
+
+def dice_global(intersection: np.ndarray, predicted: np.ndarray, target: np.ndarray) -> float:
+    """``dice_global``: 2·ΣTP / (ΣP + ΣT) over all pixels of all images (1.0 if both are 0)."""
+    total = int(np.sum(predicted, dtype=np.int64)) + int(np.sum(target, dtype=np.int64))
+    if total == 0:
+        return 1.0
+    return 2.0 * int(np.sum(intersection, dtype=np.int64)) / total
+
+
+def dice_summary(
+    intersection: np.ndarray, predicted: np.ndarray, target: np.ndarray
+) -> dict[str, float]:
+    """``{"dice", "dice_pos", "dice_global"}`` of a test set from its per-image terms; ``dice_pos``
+    is left out when no image has target foreground (it is undefined there)."""
+    if len(intersection) == 0:
+        raise MetricError("Dice is undefined on zero images")
+    out = {
+        "dice": float(dice_from_terms(intersection, predicted, target).mean()),
+        "dice_global": dice_global(intersection, predicted, target),
+    }
+    if np.any(np.asarray(target) > 0):
+        out["dice_pos"] = dice_positive(intersection, predicted, target)
+    return out
+
+
 class DiceAccumulator:
     """Collects per-image Dice over batches; :meth:`compute` is the mean over all images seen.
 
@@ -140,6 +186,12 @@ class DiceAccumulator:
         if self.count == 0:
             raise MetricError("Dice is undefined on zero images (no update() with images yet)")
         return float(np.concatenate(self._values).mean())
+
+    def summary(self) -> dict[str, float]:
+        """:func:`dice_summary` of every image seen: ``dice`` (= :meth:`compute`), ``dice_pos``
+        (when some image has foreground) and ``dice_global``."""
+        terms = self.per_image()
+        return dice_summary(terms["intersection"], terms["predicted"], terms["target"])
 
     def reset(self) -> None:
         self._values = []

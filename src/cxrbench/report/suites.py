@@ -28,8 +28,14 @@ log = logging.getLogger(__name__)
 
 Grid = frozenset[tuple[str, str, float, int]]  # (method, task, fraction, seed) a suite plans
 TASK_PROTOCOL = {1: "mgca"}  # task version → protocol family (PROTOCOLS.md §1)
-PAPER_SCALE = {"auroc": 100.0, "accuracy": 100.0, "dice": 100.0, "map": 100.0}
-METRIC_NAMES = {"auroc": "AUROC", "accuracy": "ACC", "dice": "Dice", "map": "mAP"}
+PAPER_SCALE = {
+    "auroc": 100.0, "accuracy": 100.0, "dice": 100.0, "dice_pos": 100.0, "dice_global": 100.0,
+    "map": 100.0, "map50": 100.0, "map_mgca": 100.0,
+}  # fmt: skip
+METRIC_NAMES = {
+    "auroc": "AUROC", "accuracy": "ACC", "dice": "Dice", "dice_pos": "Dice (positives)",
+    "dice_global": "Dice (global)", "map": "mAP", "map50": "mAP@50", "map_mgca": "mAP (MGCA)",
+}  # fmt: skip
 
 
 def suite_grid(suite: Suite) -> Grid:

@@ -341,7 +341,8 @@ class SegmentationSystem(TransferSystem):
     def on_validation_epoch_end(self) -> None:
         loss, dice = self._val
         self.log("val/loss", loss.compute(), prog_bar=True)
-        self.log("val/dice", dice.compute(), prog_bar=True)
+        for key, value in dice.summary().items():
+            self.log(f"val/{key}", value, prog_bar=key == "dice")
         for acc in self._val:
             acc.reset()
 
@@ -354,7 +355,8 @@ class SegmentationSystem(TransferSystem):
 
     def on_test_epoch_end(self) -> None:
         loss, dice = self._test
-        self.test_results = {"test/dice": dice.compute(), "test/loss": loss.compute()}
+        summary = {f"test/{key}": value for key, value in dice.summary().items()}
+        self.test_results = {**summary, "test/loss": loss.compute()}
         self.test_predictions = dice.per_image()  # per-image Dice and its pixel counts
         for acc in self._test:
             acc.reset()
