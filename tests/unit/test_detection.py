@@ -259,6 +259,7 @@ def test_task_batches_on_synth_tiny(synth_tiny, tmp_path, name: str) -> None:
     data = job.task.data(synth_tiny, 1.0)
     encoder = build_backbone("tiny", image_size=job.cfg.image.crop)
     meta = {"feature_dims": encoder.feature_dims, "sha256": "x"}
+    job.cfg.train.map_cache_gib = 0  # images (the cached maps: the next test)
     prepared = System.prepare(job.task, job.cfg, data, encoder, meta, FeatureCache(tmp_path))
     assert prepared.probe_mode == "frozen"
     size = job.cfg.image.crop
@@ -301,3 +302,30 @@ def test_run_transfer_objectcxr_det_end_to_end(synth_tiny, tmp_path) -> None:
     preds = read_predictions(tmp_path / "run" / "predictions.npz", stored.predictions_sha256)
     recomputed = preds.metrics()  # every mAP variant, from the kept boxes and scores per image
     assert recomputed == {k: stored.metrics[k] for k in ("test/map", "test/map_mgca", "test/map50")}
+
+
+def test_cached_maps_give_the_detections_of_the_image_path(synth_tiny, tmp_path) -> None:
+    """YOLO on the frozen C3–C5 computed once (systems/frozen_maps.py) scores as on images."""
+    from cxrbench.runner.resolve import load_task
+    from cxrbench.systems.detection import DetectionSystem as System
+
+    job = load_task("rsna_det", "tiny")
+    data = job.task.data(synth_tiny, 0.5)
+    encoder = build_backbone("tiny", image_size=job.cfg.image.crop)
+    meta = {"feature_dims": encoder.feature_dims, "sha256": "x"}
+    job.cfg.train.map_cache_gib = 0
+    plain = System.prepare(job.task, job.cfg, data, encoder, meta, FeatureCache(tmp_path))
+    job.cfg.train.map_cache_gib = 4.0
+    cached = System.prepare(job.task, job.cfg, data, encoder, meta, FeatureCache(tmp_path))
+    assert (plain.probe_mode, cached.probe_mode) == ("frozen", "cached")
+    cached.system.load_state_dict(plain.system.state_dict())
+    batch_a, batch_b = next(iter(plain.test)), next(iter(cached.test))
+    assert [r["id"] for r in batch_a] == [r["id"] for r in batch_b]
+    with torch.no_grad():
+        loss_a, found_a = plain.system.detector.evaluate(*plain.system._unpack(batch_a))
+        loss_b, found_b = cached.system.detector.evaluate(*cached.system._unpack(batch_b))
+    torch.testing.assert_close(loss_b, loss_a, rtol=1e-4, atol=1e-4)
+    assert [len(f[0]) for f in found_a] == [len(f[0]) for f in found_b]
+    job.cfg.params = {"detector": "faster_rcnn"}  # takes images: never cached
+    frcnn = System.prepare(job.task, job.cfg, data, encoder, meta, FeatureCache(tmp_path))
+    assert frcnn.probe_mode == "frozen"

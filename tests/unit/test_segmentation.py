@@ -324,6 +324,7 @@ def test_siim_seg_on_synth_tiny(synth_tiny: Path) -> None:
     from cxrbench.systems import SYSTEMS
 
     encoder = build_backbone("tiny", image_size=64)
+    job.cfg.train.map_cache_gib = 0  # images every epoch (the cache: the next test)
     prepared = SYSTEMS.get("segmentation").prepare(job.task, job.cfg, data, encoder, {}, None)
     assert prepared.probe_mode == "frozen"
     for loader in (prepared.train, prepared.val, prepared.test):
@@ -352,7 +353,7 @@ def test_rsna_seg_end_to_end_on_synth_tiny(synth_tiny: Path, tmp_path: Path) -> 
         job, artifact, synth_tiny, fraction=1.0, seed=0, run_dir=tmp_path / "run", cache=cache
     )
     stored = json.loads((tmp_path / "run" / "result.json").read_text())
-    assert record.metric == "test/dice" and record.probe_mode == "frozen"
+    assert record.metric == "test/dice" and record.probe_mode == "cached"
     assert 0.0 <= stored["metrics"]["test/dice"] <= 1.0
     assert math.isfinite(stored["metrics"]["test/loss"]) and "val/loss" in stored["metrics"]
     preds = read_predictions(tmp_path / "run" / "predictions.npz", record.predictions_sha256)
@@ -360,3 +361,33 @@ def test_rsna_seg_end_to_end_on_synth_tiny(synth_tiny: Path, tmp_path: Path) -> 
     assert set(recomputed) == {"test/dice", "test/dice_pos", "test/dice_global"}
     assert recomputed == {k: stored["metrics"][k] for k in recomputed}
     assert len(preds) == len(preds.arrays["dice"]) and preds.kind == "segmentation"
+
+
+def test_cached_maps_give_the_logits_and_masks_of_the_image_path(synth_tiny) -> None:
+    """systems/frozen_maps.py: the frozen encoder's maps computed once give the decoder what
+    the image path gives it (to float rounding), mask for mask, in the same order; a limit
+    the maps exceed falls back to images."""
+    from cxrbench.runner.resolve import load_task
+    from cxrbench.systems import SYSTEMS
+
+    job = load_task("siim_seg", "tiny")
+    data = job.task.data(synth_tiny, 0.5)
+    encoder = build_backbone("tiny", image_size=64)
+    system_cls = SYSTEMS.get("segmentation")
+    job.cfg.train.map_cache_gib = 0
+    plain = system_cls.prepare(job.task, job.cfg, data, encoder, {}, None)
+    job.cfg.train.map_cache_gib = 4.0
+    cached = system_cls.prepare(job.task, job.cfg, data, encoder, {}, None)
+    assert (plain.probe_mode, cached.probe_mode) == ("frozen", "cached")
+    cached.system.unet.decoder.load_state_dict(plain.system.unet.decoder.state_dict())
+    cached.system.unet.head.load_state_dict(plain.system.unet.head.state_dict())
+    for a, b in ((plain.test, cached.test), (plain.train, cached.train)):
+        batch_a, batch_b = next(iter(a)), next(iter(b))
+        assert "image" not in batch_b and len(batch_b["maps"]) == 6
+        torch.testing.assert_close(batch_a["mask"], batch_b["mask"], rtol=0, atol=0)
+        with torch.no_grad():
+            want = plain.system.logits(batch_a)
+            got = cached.system.logits(batch_b)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    job.cfg.train.map_cache_gib = 1e-6  # a few KiB: the maps do not fit
+    assert system_cls.prepare(job.task, job.cfg, data, encoder, {}, None).probe_mode == "frozen"

@@ -10,10 +10,10 @@ Definitions (PROTOCOLS.md §1, "Dice"):
 * Per image, foreground Dice = 2·|P ∩ T| / (|P| + |T|). When the target is empty the image counts
   1.0 if the prediction is empty too and 0.0 otherwise (the formula gives 0.0 there anyway; only
   empty/empty needs the rule). A non-empty target with an empty prediction gives 0.0.
-* ``dice`` (the task metric, MGCA-compatible) is the **mean over images** of the per-image Dice. Deviation from MGCA: MGCA
-  averaged per-batch means (the mean of batch means), which weights the images of a short last
-  batch more and makes the number depend on the batch size; :class:`DiceAccumulator` keeps every
-  image's Dice and averages those.
+* ``dice`` (the task metric, MGCA-compatible) is the **mean over images** of the per-image Dice.
+  Deviation from MGCA: MGCA averaged per-batch means (the mean of batch means), which weights the
+  images of a short last batch more and makes the number depend on the batch size;
+  :class:`DiceAccumulator` keeps every image's Dice and averages those.
 
 Two more numbers are recorded beside it (:func:`dice_summary`), from the same thresholded masks:
 

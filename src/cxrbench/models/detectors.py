@@ -44,7 +44,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -77,6 +77,16 @@ class DetectionParams:
     box_batch_size: int = 512
 
 
+@dataclass(frozen=True)
+class Maps:
+    """A frozen encoder's C3–C5 of a batch computed ahead (``systems/frozen_maps.py``): what
+    :class:`YoloDetector` takes in place of images."""
+
+    c3: Tensor
+    c4: Tensor
+    c5: Tensor
+
+
 def encode(encoder: nn.Module, images: Tensor, finetune: bool) -> Features:
     """The encoder's features; a frozen encoder runs in eval mode under ``no_grad``."""
     if finetune:
@@ -89,27 +99,38 @@ def encode(encoder: nn.Module, images: Tensor, finetune: bool) -> Features:
 
 
 class Detector(nn.Module, ABC):
-    """A detector over ``encoder``: losses for training, loss and detections for evaluation."""
+    """A detector over ``encoder``: losses for training, loss and detections for evaluation.
+
+    Detectors with ``takes_maps`` accept, in place of images, the frozen encoder's maps computed
+    ahead (:class:`Maps`, from :meth:`maps`); the others need images."""
 
     encoder: nn.Module
+    takes_maps: ClassVar[bool] = False
+
+    def maps(self, images: Tensor) -> tuple[Tensor, ...]:
+        """C3–C5 of the frozen encoder (eval mode, no gradients): what :class:`Maps` holds."""
+        f = encode(self.encoder, images, finetune=False)
+        return f.c3, f.c4, f.c5
 
     @abstractmethod
-    def losses(self, images: Tensor, boxes: list[Tensor], labels: list[Tensor]) -> Tensor:
+    def losses(self, images: Tensor | Maps, boxes: list[Tensor], labels: list[Tensor]) -> Tensor:
         """The training loss of a batch (boxes x1y1x2y2 in input pixels, labels from 0)."""
 
     @abstractmethod
     def evaluate(
-        self, images: Tensor, boxes: list[Tensor], labels: list[Tensor]
+        self, images: Tensor | Maps, boxes: list[Tensor], labels: list[Tensor]
     ) -> tuple[Tensor, list[Detections]]:
         """The loss and the kept detections of a batch, from one pass of the encoder."""
 
     @abstractmethod
-    def detect(self, images: Tensor) -> list[Detections]:
+    def detect(self, images: Tensor | Maps) -> list[Detections]:
         """Kept detections per image: boxes (x1y1x2y2, input pixels), scores, labels from 0."""
 
 
 class YoloDetector(Detector):
     """YOLOv3 head on C3–C5 (``models/yolo.py``): ``yolo_loss``, decode + confidence + NMS."""
+
+    takes_maps = True
 
     def __init__(
         self, encoder: nn.Module, in_channels: dict[str, int], image_size: int, finetune: bool,
@@ -121,8 +142,8 @@ class YoloDetector(Detector):
         self.image_size, self.finetune, self.params = image_size, finetune, params
         self.num_classes = num_classes
 
-    def _outputs(self, images: Tensor) -> list[Tensor]:
-        f = encode(self.encoder, images, self.finetune)
+    def _outputs(self, images: Tensor | Maps) -> list[Tensor]:
+        f = images if isinstance(images, Maps) else encode(self.encoder, images, self.finetune)
         return [o.float() for o in self.head(f.c3, f.c4, f.c5)]
 
     def _loss(self, outputs: list[Tensor], boxes: list[Tensor], labels: list[Tensor]) -> Tensor:
@@ -135,16 +156,16 @@ class YoloDetector(Detector):
         decoded = decode(outputs, self.image_size)
         return postprocess(decoded, p.conf_threshold, p.nms_threshold, p.max_detections)
 
-    def losses(self, images: Tensor, boxes: list[Tensor], labels: list[Tensor]) -> Tensor:
+    def losses(self, images: Tensor | Maps, boxes: list[Tensor], labels: list[Tensor]) -> Tensor:
         return self._loss(self._outputs(images), boxes, labels)
 
     def evaluate(
-        self, images: Tensor, boxes: list[Tensor], labels: list[Tensor]
+        self, images: Tensor | Maps, boxes: list[Tensor], labels: list[Tensor]
     ) -> tuple[Tensor, list[Detections]]:
         outputs = self._outputs(images)
         return self._loss(outputs, boxes, labels), self._kept(outputs)
 
-    def detect(self, images: Tensor) -> list[Detections]:
+    def detect(self, images: Tensor | Maps) -> list[Detections]:
         return self._kept(self._outputs(images))
 
 
@@ -240,8 +261,10 @@ class FasterRcnnDetector(Detector):
         return [{"boxes": b, "labels": lb + 1} for b, lb in zip(boxes, labels, strict=True)]
 
     def _features(
-        self, images: Tensor, targets: list[dict[str, Tensor]] | None
+        self, images: Tensor | Maps, targets: list[dict[str, Tensor]] | None
     ) -> tuple[Any, list[dict[str, Tensor]] | None, OrderedDict[str, Tensor]]:
+        if isinstance(images, Maps):  # its transform resizes images: it needs them
+            raise CxrbenchError("the faster_rcnn detector takes images, not precomputed maps")
         batch, targets = self.model.transform(list(images), targets)
         return batch, targets, self.model.backbone(batch.tensors)
 
@@ -263,19 +286,19 @@ class FasterRcnnDetector(Detector):
         found = m.transform.postprocess(found, batch.image_sizes, sizes)
         return [(d["boxes"], d["scores"], d["labels"] - 1) for d in found]
 
-    def losses(self, images: Tensor, boxes: list[Tensor], labels: list[Tensor]) -> Tensor:
+    def losses(self, images: Tensor | Maps, boxes: list[Tensor], labels: list[Tensor]) -> Tensor:
         batch, targets, features = self._features(images, self._targets(boxes, labels))
         assert targets is not None
         return self._loss(batch, features, targets)
 
     def evaluate(
-        self, images: Tensor, boxes: list[Tensor], labels: list[Tensor]
+        self, images: Tensor | Maps, boxes: list[Tensor], labels: list[Tensor]
     ) -> tuple[Tensor, list[Detections]]:
         batch, targets, features = self._features(images, self._targets(boxes, labels))
         assert targets is not None
         return self._loss(batch, features, targets), self._detections(batch, features)
 
-    def detect(self, images: Tensor) -> list[Detections]:
+    def detect(self, images: Tensor | Maps) -> list[Detections]:
         batch, _, features = self._features(images, None)
         return self._detections(batch, features)
 

@@ -64,6 +64,7 @@ TRANSFER_NON_RESULT_KEYS = (
     "trainer.progress",
     "trainer.checkpoint_every",
     "train.feature_batch_size",
+    "train.map_cache_gib",
     "data",
 )
 PRESET_SECTIONS = ("pretrain", "transfer", "transfer_<kind>")

@@ -48,9 +48,15 @@ from cxrbench.data.features import FeatureCache
 from cxrbench.errors import ConfigError, CxrbenchError
 from cxrbench.metrics.classification import MetricError
 from cxrbench.metrics.detection import DetectionAccumulator
-from cxrbench.models.detectors import DETECTORS, DetectionParams, Detector, build_detector
+from cxrbench.models.detectors import (
+    DETECTORS,
+    DetectionParams,
+    Detector,
+    Maps,
+    build_detector,
+)
 from cxrbench.models.yolo import Detections
-from cxrbench.systems import SYSTEMS
+from cxrbench.systems import SYSTEMS, frozen_maps
 from cxrbench.systems.base import Prepared, TransferSystem, loader
 from cxrbench.tasks.base import Items, Task, TaskConfig, TaskData, probe_mode
 
@@ -201,13 +207,21 @@ class DetectionSystem(TransferSystem):
         size = cfg.image.crop
         detector = build_detector(params, encoder, meta["feature_dims"], size, cfg.probe.finetune)
         system = cls(detector, cfg, params)
-        loaders = []
-        for part, items in (("train", data.train), ("val", data.val), ("test", data.test)):
-            augment = part == "train" and cfg.probe.augment
-            rows = DetectionImages(items, boxes_of, size, augment)
-            loaders.append(loader(rows, cfg, train=part == "train", collate_fn=collate))
-        train, val, test = loaders
-        return Prepared(system, train, val, test, probe_mode(cfg.probe))
+        parts = (("train", data.train), ("val", data.val), ("test", data.test))
+        rows: list[Dataset[Any]] = [
+            DetectionImages(items, boxes_of, size, part == "train" and cfg.probe.augment)
+            for part, items in parts
+        ]
+        frozen = not cfg.probe.finetune and not cfg.probe.augment and detector.takes_maps
+        cached = frozen and frozen_maps.fits(detector.maps, rows, cfg.train.map_cache_gib)
+        if cached:
+            batch, workers = cfg.train.feature_batch_size, cfg.train.workers
+            rows = [frozen_maps.precompute(r, detector.maps, batch, workers) for r in rows]
+        train, val, test = (
+            loader(r, cfg, train=part == "train", collate_fn=collate)
+            for r, (part, _) in zip(rows, parts, strict=True)
+        )
+        return Prepared(system, train, val, test, probe_mode(cfg.probe, cached))
 
     def __init__(self, detector: Detector, cfg: TaskConfig, params: DetectionParams) -> None:
         super().__init__()
@@ -218,8 +232,13 @@ class DetectionSystem(TransferSystem):
         self._ids: list[str] = []  # of the images scored, in order
 
     @staticmethod
-    def _unpack(batch: Batch) -> tuple[Tensor, list[Tensor], list[Tensor]]:
-        images = torch.stack([row["image"] for row in batch])
+    def _unpack(batch: Batch) -> tuple[Tensor | Maps, list[Tensor], list[Tensor]]:
+        """Images (or the cached maps of ``systems/frozen_maps.py``), boxes and labels."""
+        images: Tensor | Maps
+        if "maps" in batch[0]:
+            images = Maps(*(torch.stack([row["maps"][k] for row in batch]) for k in range(3)))
+        else:
+            images = torch.stack([row["image"] for row in batch])
         return images, [row["boxes"] for row in batch], [row["labels"] for row in batch]
 
     def detect(self, images: Tensor) -> list[Detections]:

@@ -65,7 +65,7 @@ from cxrbench.errors import ConfigError, CxrbenchError
 from cxrbench.losses.segmentation import SegLossSums, seg_loss
 from cxrbench.metrics.segmentation import DiceAccumulator
 from cxrbench.models.backbones import freeze, unfreeze
-from cxrbench.systems import SYSTEMS
+from cxrbench.systems import SYSTEMS, frozen_maps
 from cxrbench.systems.base import Prepared, TransferSystem, loader
 from cxrbench.tasks.base import Items, Task, TaskConfig, TaskData, probe_mode
 
@@ -283,13 +283,20 @@ class SegmentationSystem(TransferSystem):
     ) -> Prepared:
         """Build the U-Net on ``encoder`` and the loaders (the feature cache is not used)."""
         system = cls(encoder, cfg)
-        loaders = []
-        for part, items in (("train", data.train), ("val", data.val), ("test", data.test)):
-            train = part == "train"
-            rows = SegmentationRows(items, cfg.image.crop, augment=train and cfg.probe.augment)
-            loaders.append(loader(rows, cfg, train=train))
-        train_loader, val, test = loaders
-        return Prepared(system, train_loader, val, test, probe_mode(cfg.probe))
+        parts = (("train", data.train), ("val", data.val), ("test", data.test))
+        rows: list[Dataset[Any]] = [
+            SegmentationRows(items, cfg.image.crop, augment=part == "train" and cfg.probe.augment)
+            for part, items in parts
+        ]
+        frozen = not cfg.probe.finetune and not cfg.probe.augment
+        cached = frozen and frozen_maps.fits(system.pyramid, rows, cfg.train.map_cache_gib)
+        if cached:
+            batch, workers = cfg.train.feature_batch_size, cfg.train.workers
+            rows = [frozen_maps.precompute(r, system.pyramid, batch, workers) for r in rows]
+        train_loader, val, test = (
+            loader(r, cfg, train=part == "train") for r, (part, _) in zip(rows, parts, strict=True)
+        )
+        return Prepared(system, train_loader, val, test, probe_mode(cfg.probe, cached))
 
     def __init__(self, encoder: nn.Module, cfg: TaskConfig) -> None:
         super().__init__()
@@ -310,24 +317,33 @@ class SegmentationSystem(TransferSystem):
         """What trains in every mode: the decoder and the segmentation head."""
         return [*self.unet.decoder.parameters(), *self.unet.head.parameters()]
 
+    def pyramid(self, image: Tensor) -> list[Tensor]:
+        """The frozen encoder's six maps (eval mode, no gradients): what the map cache keeps."""
+        self.encoder.eval()
+        with torch.no_grad():
+            return self.unet.pyramid(image)
+
     def forward(self, image: Tensor) -> Tensor:
         """Logits ``(B, 1, H, W)``; a frozen encoder runs in eval mode without gradients."""
         if self.finetune:
             return self.unet(image)
-        self.encoder.eval()
-        with torch.no_grad():
-            maps = self.unet.pyramid(image)
-        return self.unet.decode(maps)
+        return self.unet.decode(self.pyramid(image))
+
+    def logits(self, batch: dict[str, Any]) -> Tensor:
+        """Logits of a batch of images or of cached maps (``systems/frozen_maps.py``)."""
+        if "maps" in batch:
+            return self.unet.decode(list(batch["maps"]))
+        return self(batch["image"])
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss = seg_loss(self(batch["image"]), batch["mask"])
+        loss = seg_loss(self.logits(batch), batch["mask"])
         self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["mask"]))
         return loss
 
     def _evaluate(
         self, batch: dict[str, Tensor], sums: tuple[SegLossSums, DiceAccumulator]
     ) -> None:
-        logits = self(batch["image"]).float()
+        logits = self.logits(batch).float()
         sums[0].update(logits, batch["mask"])
         sums[1].update(torch.sigmoid(logits), batch["mask"])
 
