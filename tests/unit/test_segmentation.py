@@ -4,6 +4,7 @@ siim_seg/rsna_seg tasks on SynthCXR tiny and one end-to-end transfer run."""
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -349,9 +350,12 @@ def test_rsna_seg_end_to_end_on_synth_tiny(synth_tiny: Path, tmp_path: Path) -> 
     job = load_task("rsna_seg", "tiny", ["train.max_epochs=1", "trainer.progress=false"])
     assert job.cfg.train.batch_size == 16 and job.task.kind == "segmentation"
     cache = FeatureCache(tmp_path / "cache")
+    started = time.perf_counter()
     record = run_transfer(
         job, artifact, synth_tiny, fraction=1.0, seed=0, run_dir=tmp_path / "run", cache=cache
     )
+    # the run's own seconds: testing from the best checkpoint must not add that checkpoint's clock
+    assert 0 < record.wall_seconds <= time.perf_counter() - started
     stored = json.loads((tmp_path / "run" / "result.json").read_text())
     assert record.metric == "test/dice" and record.probe_mode == "cached"
     assert 0.0 <= stored["metrics"]["test/dice"] <= 1.0

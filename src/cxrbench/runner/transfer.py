@@ -166,6 +166,10 @@ def _run_transfer(
             ckpt_path=resume_point(last),
             weights_only=True,
         )
+    clock = next(c for c in trainer.callbacks if isinstance(c, WallClock))  # type: ignore[attr-defined]
+    # seconds of the attempts before this one: read now, as testing from the best checkpoint
+    # restores the clock's state of that checkpoint
+    earlier = clock.before
     trainer.test(
         system,
         prepared.test,
@@ -174,7 +178,6 @@ def _run_transfer(
         weights_only=True,
     )
     predictions_sha256 = _write_predictions(run_dir, job, system, data.test.ids)
-    clock = next(c for c in trainer.callbacks if isinstance(c, WallClock))  # type: ignore[attr-defined]
     selected = float(best.best_model_score if best.best_model_score is not None else float("nan"))
     metrics = {**system.test_results, system_cls.monitor: selected}
     record = ResultRecord(
@@ -194,7 +197,7 @@ def _run_transfer(
         split_hash=data.split_hash,
         data_fingerprint=data.fingerprint,
         probe_mode=prepared.probe_mode,
-        wall_seconds=round(clock.before + time.perf_counter() - start, 2),  # all attempts
+        wall_seconds=round(earlier + time.perf_counter() - start, 2),  # all attempts
         device=device_name(trainer.strategy.root_device),
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         predictions_sha256=predictions_sha256,
