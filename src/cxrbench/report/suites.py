@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from cxrbench.errors import CxrbenchError
 from cxrbench.report.schema import ResultRecord
-from cxrbench.report.store import collect
+from cxrbench.report.store import collect_paths
 from cxrbench.suite import Suite, load_suite_arg
 
 if TYPE_CHECKING:
@@ -93,23 +93,35 @@ def folder_records(
 ) -> list[ResultRecord]:
     """The records under ``runs/<name>/`` (those in ``grid``, when given), read through the
     suite's ``metrics`` choice (task → metric) when given; none if no folder."""
+    return [record for _, record in folder_record_paths(runs, name, grid, metrics)]
+
+
+def folder_record_paths(
+    runs: Path, name: str, grid: Grid | None = None, metrics: dict[str, str] | None = None
+) -> list[tuple[Path, ResultRecord]]:
+    """:func:`folder_records` with the path of each record's ``result.json``."""
     folder = Path(runs) / name
-    records = collect(folder) if folder.is_dir() else []
+    found = collect_paths(folder) if folder.is_dir() else []
     if grid is not None:
-        records = [r for r in records if (r.method, r.task, float(r.fraction), r.seed) in grid]
+        found = [(p, r) for p, r in found if (r.method, r.task, float(r.fraction), r.seed) in grid]
     chosen = metrics or {}
-    return [r.with_metric(chosen[r.task]) if r.task in chosen else r for r in records]
+    return [(p, r.with_metric(chosen[r.task]) if r.task in chosen else r) for p, r in found]
 
 
 def suite_records(suite: Suite, runs: Path) -> list[ResultRecord]:
     """The records of the suite's grid under ``runs/<suite>/``; an error when there are none."""
+    return [record for _, record in suite_record_paths(suite, runs)]
+
+
+def suite_record_paths(suite: Suite, runs: Path) -> list[tuple[Path, ResultRecord]]:
+    """:func:`suite_records` with the path of each record's ``result.json``."""
     folder = Path(runs) / suite.name
     if not folder.is_dir():
         raise CxrbenchError(f"{folder}: no runs of suite {suite.name!r} (pass --runs?)")
-    records = folder_records(runs, suite.name, suite_grid(suite), suite.metrics)
-    if not records:
+    found = folder_record_paths(runs, suite.name, suite_grid(suite), suite.metrics)
+    if not found:
         raise CxrbenchError(f"{folder}: no result records in the grid of suite {suite.name!r}")
-    return records
+    return found
 
 
 def protocol_of(records: Sequence[ResultRecord]) -> str | None:

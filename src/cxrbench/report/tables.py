@@ -12,6 +12,11 @@ the reported rows; column groups = tasks; columns = label fractions. :func:`rend
   rows (``‡``) never compete and are never bold: they come from other code, data and hardware.
 - A reported value whose metric differs from our column's (detection: the papers print MGCA's
   ``map_mgca``, our column is ``map``) carries ``§`` and a footnote saying so.
+- Below the methods, italic rows give each column's trivial reference (:mod:`cxrbench.report.
+  references`: ``chance``, ``majority class``, ``no detections``, ``all-empty mask``), scaled like
+  the column, never ranked or bold, one caption sentence saying what they are; ``–`` where the
+  reference depends on the test set and no run of the column kept its predictions. CSV: rows
+  with ``source`` ``reference``.
 - Every written file starts with a comment naming the command and the code version
   (:func:`header_line`).
 """
@@ -27,13 +32,14 @@ from typing import TYPE_CHECKING
 
 from cxrbench.report.aggregate import Cell
 from cxrbench.report.published import PublishedRow
+from cxrbench.report.references import LABELS, MEANING, ORDER, TestValues, reference
 from cxrbench.report.suites import (
     METRIC_NAMES,
     PAPER_SCALE,
     planned_runs,
     reported_rows,
     suite_caption,
-    suite_records,
+    suite_record_paths,
 )
 from cxrbench.utils.io import atomic_write_text
 
@@ -77,10 +83,20 @@ class Row:
 
 
 @dataclass(frozen=True)
+class ReferenceRow:
+    """A trivial reference (:mod:`cxrbench.report.references`): never a method, never ranked."""
+
+    label: str  # e.g. "all-empty mask"
+    applies: tuple[bool, ...]  # per column: whether this is the column's reference
+    values: tuple[float | None, ...]  # display units; None: unknown (no predictions), or n/a
+
+
+@dataclass(frozen=True)
 class Layout:
     columns: tuple[Column, ...]
     rows: tuple[Row, ...]  # ours first, then reported
     partial: tuple[Cell, ...]  # cells with fewer seeds than planned, in aggregate order
+    references: tuple[ReferenceRow, ...] = ()  # shown below every method row
 
     @property
     def tasks(self) -> list[str]:
@@ -102,9 +118,12 @@ def build_layout(
     scale: float | None = None,
     published: Sequence[PublishedRow] = (),
     intervals: Mapping[tuple[str, str, float], Interval] | None = None,
+    test_values: TestValues | None = None,
 ) -> Layout:
     """``scale`` None: each metric's paper scale (``PAPER_SCALE``, 1 for others). ``intervals``
-    (``compare.suite_intervals``): cells show their interval, bold marks the top groups."""
+    (``compare.suite_intervals``): cells show their interval, bold marks the top groups.
+    ``test_values`` (``references.cell_test_values`` of the runs; ``{}`` when none kept
+    predictions): add the trivial reference rows; None: no reference rows."""
     tasks = list(dict.fromkeys([*(task_order or []), *(c.task for c in cells)]))
     metrics = {c.task: c.metric.split("/")[-1] for c in cells}
     higher = {c.task: c.higher_is_better for c in cells}
@@ -128,7 +147,43 @@ def build_layout(
         entries = tuple(_reported(pub, col) for col in columns)
         if any(pub.score(col.task, col.fraction) is not None for col in columns):
             rows.append(Row(pub.method, entries, pub))
-    return Layout(columns, tuple(rows), tuple(c for c in cells if not c.complete))
+    refs = () if test_values is None else reference_rows(columns, test_values)
+    return Layout(columns, tuple(rows), tuple(c for c in cells if not c.complete), refs)
+
+
+def reference_rows(columns: Sequence[Column], test_values: TestValues) -> tuple[ReferenceRow, ...]:
+    """One row per kind of trivial reference among ``columns``, in :data:`references.ORDER`."""
+    out = []
+    for label in ORDER:
+        applies = tuple(LABELS.get(c.metric) == label for c in columns)
+        if not any(applies):
+            continue
+        values = []
+        for col, here in zip(columns, applies, strict=True):
+            value = (
+                reference(col.metric, test_values.get((col.task, col.fraction))) if here else None
+            )
+            values.append(None if value is None else value * col.scale)
+        out.append(ReferenceRow(label, applies, tuple(values)))
+    return tuple(out)
+
+
+def reference_caption(layout: Layout) -> str:
+    """The caption's sentence on the reference rows ("" when there are none)."""
+    if not layout.references:
+        return ""
+    parts = "; ".join(f"{r.label}: {MEANING[r.label]}" for r in layout.references)
+    unknown = any(
+        here and v is None
+        for r in layout.references
+        for here, v in zip(r.applies, r.values, strict=True)
+    )
+    missing = (
+        ", – where it depends on the test set and no run of the column kept its predictions"
+        if unknown
+        else ""
+    )
+    return f"italic rows: trivial references, never ranked or bold ({parts}){missing}"
 
 
 def _best(cells: Sequence[Cell], column: Column) -> float | None:
@@ -181,6 +236,13 @@ def _md_cell(entry: Entry | None, decimals: int) -> str:
     return text if entry.complete else f"{text} {PARTIAL}"
 
 
+def _ref_cell(applies: bool, value: float | None, decimals: int, italic: str) -> str:
+    """A reference row's cell: empty where not the column's reference, – where unknown."""
+    if not applies:
+        return ""
+    return "–" if value is None else italic.format(f"{value:.{decimals}f}")
+
+
 def render_markdown(layout: Layout, *, decimals: int = 1, title: str | None = None) -> str:
     lines = [f"**{title}**", ""] if title else []
     lines.append("metrics: " + ", ".join(f"{t} {layout.metric_of(t)}" for t in layout.tasks))
@@ -190,6 +252,11 @@ def render_markdown(layout: Layout, *, decimals: int = 1, title: str | None = No
         name = row.method if row.reported is None else f"{row.method} {REPORTED}"
         cells = [_md_cell(e, decimals) for e in row.entries]
         lines.append("| " + " | ".join([name, *cells]) + " |")
+    for ref in layout.references:
+        cells = [
+            _ref_cell(a, v, decimals, "*{}*") for a, v in zip(ref.applies, ref.values, strict=True)
+        ]
+        lines.append("| " + " | ".join([f"*{ref.label}*", *cells]) + " |")
     notes = _notes(layout)
     if notes:
         lines.append("")
@@ -231,7 +298,8 @@ def markdown_table(
     title: str | None = None,
     method_order: Sequence[str] | None = None,
 ) -> str:
-    """The Markdown table of ``cells`` (every metric × ``scale``), as ``cxrbench bench`` prints."""
+    """The Markdown table of ``cells`` (every metric × ``scale``), without reference rows (they
+    need the runs: ``cxrbench bench`` and ``table`` print :func:`suite_layout`'s)."""
     layout = build_layout(cells, method_order=method_order, scale=scale)
     return render_markdown(layout, decimals=decimals, title=title)
 
@@ -282,6 +350,13 @@ def render_latex(
         span, note = 1 + len(layout.columns), r"\textit{Reported in papers (not ranked)}"
         lines += [r"\midrule", rf"\multicolumn{{{span}}}{{l}}{{{note}}} \\"]
         lines += [_tex_row(r.method + REPORTED, r.entries, decimals) for r in layout.reported]
+    if layout.references:
+        lines.append(r"\midrule")
+    for ref in layout.references:
+        cells = [_ref_cell(a, v, decimals, r"\textit{{{}}}").replace("–", "--")
+                 for a, v in zip(ref.applies, ref.values, strict=True)]  # fmt: skip
+        label = rf"\textit{{{tex_escape(ref.label)}}}"
+        lines.append(" & ".join([label, *cells]) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     notes = _notes(layout)
     if notes:
@@ -319,7 +394,8 @@ CSV_FIELDS = (
 
 
 def render_csv(layout: Layout, *, decimals: int = 3) -> str:
-    """One row per (method, task, fraction) that has a value; numbers in display units."""
+    """One row per (method, task, fraction) that has a value; numbers in display units. The
+    trivial references follow with ``source`` ``reference`` (never best; none where unknown)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     intervals = any(e is not None and e.ci is not None for r in layout.rows for e in r.entries)
@@ -338,6 +414,14 @@ def render_csv(layout: Layout, *, decimals: int = 3) -> str:
                 int(e.complete), int(e.best), *cite,
                 *([] if not intervals else [f"{v:.{decimals}f}" for v in e.ci or ()] or ["", ""]),
             ])  # fmt: skip
+    for ref in layout.references:
+        for col, here, value in zip(layout.columns, ref.applies, ref.values, strict=True):
+            if here and value is not None:
+                writer.writerow([
+                    ref.label, "reference", col.task, f"{col.fraction:g}", col.metric,
+                    f"{col.scale:g}", f"{value:.{decimals}f}", "", "", "", 1, 0, *[""] * 5,
+                    *(["", ""] if intervals else []),
+                ])  # fmt: skip
     return out.getvalue()
 
 
@@ -382,8 +466,10 @@ def suite_layout(
     """The suite's layout (records of ``runs/<suite>``, seeds planned by the suite) and caption.
     ``ci``: bootstrap intervals instead of ± std, bold top groups (``compare.suite_intervals``)."""
     from cxrbench.report.aggregate import aggregate
+    from cxrbench.report.references import cell_test_values
 
-    records = suite_records(suite, runs)
+    paths = suite_record_paths(suite, runs)
+    records = [record for _, record in paths]
     cells = aggregate(records, planned_seeds=planned_runs(suite))
     rows = reported_rows(suite, records, published, published_dir)
     intervals, bold = None, None
@@ -392,8 +478,16 @@ def suite_layout(
 
         intervals, bold = suite_intervals(suite, runs), intervals_caption()
     layout = build_layout(cells, method_order=suite.methods, task_order=suite.tasks,
-                          published=rows, intervals=intervals)  # fmt: skip
-    return layout, suite_caption(suite, records, reported=bool(layout.reported), bold=bold)
+                          published=rows, intervals=intervals,
+                          test_values=cell_test_values(paths))  # fmt: skip
+    caption = suite_caption(suite, records, reported=bool(layout.reported), bold=bold)
+    return layout, with_reference_caption(caption, layout)
+
+
+def with_reference_caption(caption: str, layout: Layout) -> str:
+    """``caption`` and, when the layout has reference rows, the sentence on them."""
+    note = reference_caption(layout)
+    return f"{caption}; {note}" if note else caption
 
 
 def write_suite_tables(
