@@ -34,6 +34,7 @@ import platform
 import resource
 import statistics
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20, help="epochs of the run extrapolated")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    # the systems log from their steps; outside a Trainer Lightning warns once per system
+    warnings.filterwarnings("ignore", message=".*self.trainer.* reference is not registered")
     if not args.root.is_dir():
         raise SystemExit(f"{args.root}: no SynthCXR corpus here; run `make data` first")
     print(

@@ -154,12 +154,13 @@ DEFAULT_HOURS: dict[str, dict[str, tuple[float, str]]] = {
         "detection": (0.014, "measured: 2-core CPU, rsna_det"),
     },
     # measured on the same CPU: ConVIRT 4 epochs 211 s, CheXpert 1% probes 2-10 s
-    # (results/runs/default); dense transfers 1-2 min each (benchmarks/methods_dense.yaml)
+    # (results/runs/default); dense transfers at 10% with frozen maps computed once per run
+    # (issue 17, one run at a time): U-Net 30 epochs 100-150 s, YOLOv3 20 epochs 30-45 s
     "small": {
         "pretrain": (0.06, "measured: 2-core CPU, make bench"),
         "classification": (0.003, "measured: 2-core CPU, make bench"),
-        "segmentation": (0.03, "measured: 2-core CPU, methods_dense"),
-        "detection": (0.03, "measured: 2-core CPU, methods_dense"),
+        "segmentation": (0.035, "measured: 2-core CPU, siim_seg / rsna_seg 10%"),
+        "detection": (0.011, "measured: 2-core CPU, objectcxr_det 10%"),
     },
     # pre-training: MGCA's author, ~1 day for 50 epochs on ~217k pairs on 2 RTX 3090 (MGCA issue
     # #2, reference/protocols-of-anchors.md §8); transfers: guesses, not measured
