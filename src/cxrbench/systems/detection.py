@@ -17,9 +17,12 @@ LightningModule that trains and scores them.
 YOLOv3 neck width) and, for ``faster_rcnn`` only, ``fpn_channels`` (256), ``representation_size``
 (1024) and ``box_batch_size`` (512 sampled RoIs per image): torchvision's defaults.
 
-Frozen encoder (default): eval mode under ``no_grad``, not in the optimiser. ``probe.finetune``:
-trained with lr × ``optim.encoder_lr_scale``. ``probe.augment`` (default false, MGCA has none):
-horizontal flip (p 0.5, boxes mirrored) and brightness/contrast ×U(0.8, 1.2) on the training set.
+Frozen encoder (default): eval mode under ``no_grad``, not in the optimiser; without augmentation
+its C3–C5 of every image are computed once per run and kept in memory for YOLOv3
+(``systems/frozen_maps.py``; Faster R-CNN resizes images itself and reads them every epoch).
+``probe.finetune``: trained with lr × ``optim.encoder_lr_scale``. ``probe.augment`` (default
+false, MGCA has none): horizontal flip (p 0.5, boxes mirrored) and brightness/contrast
+×U(0.8, 1.2) on the training set.
 
 Deviations from MGCA, all deliberate (those of the detectors: ``models/detectors.py``):
 

@@ -14,8 +14,10 @@ What is implemented (PROTOCOLS.md §1, tasks ``siim_seg`` and ``rsna_seg``):
 * **Frozen encoder** (``probe.finetune: false``, the protocol): the backbone stays in eval mode
   (BatchNorm statistics of pre-training) and runs under ``torch.no_grad``; only the decoder and the
   head train. ``probe.finetune: true`` trains the encoder too, with ``lr × optim.encoder_lr_scale``.
-  There is no frozen-feature cache (unlike classification): the six maps of one 224 px image take
-  about 9 MB for a ResNet-50, so the frozen encoder runs again every epoch.
+  A frozen encoder without augmentation runs once per run: its six maps of every image are kept
+  in memory for the run (``systems/frozen_maps.py``, up to ``train.map_cache_gib``; the six maps
+  of one 224 px image take about 9 MB for a ResNet-50, so they are not cached on disk like the
+  classification features); past that limit, or when augmenting, it runs every epoch.
 * **Data**: the image (``read_image``) and its mask (the annotation record's ``mask(h, w)`` at the
   image's own size: SIIM's RLE union, RSNA's filled boxes) are resized together to a
   ``image.crop``-sided square: long side resized, short side zero-padded and centred
@@ -29,7 +31,8 @@ What is implemented (PROTOCOLS.md §1, tasks ``siim_seg`` and ``rsna_seg``):
   depend on the batch size; ``val/loss`` drives early stopping and the best checkpoint.
 * **Metric**: Dice per image (threshold 0.5 on the sigmoid), averaged over images
   (:class:`~cxrbench.metrics.segmentation.DiceAccumulator`); logged as ``val/dice`` each epoch and
-  ``test/dice`` (the task's metric) at the end, with ``test/loss``.
+  ``test/dice`` (the task's metric) at the end, with ``test/loss``, and beside it ``dice_pos`` and
+  ``dice_global`` (``metrics/segmentation.py``: they do not reward an all-empty prediction).
 * **Optimiser**: AdamW with ``optim.lr``, ``weight_decay``, ``betas`` (protocol: 5e-4, 0.05).
 
 Deviations from MGCA (``mgca/models/ssl_segmenter.py``, ``mgca/datasets/segmentation_dataset.py``):
