@@ -66,8 +66,7 @@ def epoch(prepared: Any, optimiser: torch.optim.Optimizer) -> float:
         optimiser.step()
     system.eval()
     with torch.no_grad():
-        if hasattr(system, "on_validation_epoch_start"):
-            system.on_validation_epoch_start()
+        system.on_validation_epoch_start()
         for i, batch in enumerate(prepared.val):
             system.validation_step(batch, i)
     return time.perf_counter() - start

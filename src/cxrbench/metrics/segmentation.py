@@ -142,12 +142,14 @@ def dice_summary(
     is left out when no image has target foreground (it is undefined there)."""
     if len(intersection) == 0:
         raise MetricError("Dice is undefined on zero images")
+    per_image = dice_from_terms(intersection, predicted, target)
+    positive = np.asarray(target) > 0
     out = {
-        "dice": float(dice_from_terms(intersection, predicted, target).mean()),
+        "dice": float(per_image.mean()),
         "dice_global": dice_global(intersection, predicted, target),
     }
-    if np.any(np.asarray(target) > 0):
-        out["dice_pos"] = dice_positive(intersection, predicted, target)
+    if positive.any():
+        out["dice_pos"] = float(per_image[positive].mean())
     return out
 
 

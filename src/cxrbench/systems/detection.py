@@ -215,11 +215,7 @@ class DetectionSystem(TransferSystem):
             DetectionImages(items, boxes_of, size, part == "train" and cfg.probe.augment)
             for part, items in parts
         ]
-        frozen = not cfg.probe.finetune and not cfg.probe.augment and detector.takes_maps
-        cached = frozen and frozen_maps.fits(detector.maps, rows, cfg.train.map_cache_gib)
-        if cached:
-            batch, workers = cfg.train.feature_batch_size, cfg.train.workers
-            rows = [frozen_maps.precompute(r, detector.maps, batch, workers) for r in rows]
+        rows, cached = frozen_maps.cached_rows(rows, detector.maps, cfg, usable=detector.takes_maps)
         train, val, test = (
             loader(r, cfg, train=part == "train", collate_fn=collate)
             for r, (part, _) in zip(rows, parts, strict=True)

@@ -97,3 +97,16 @@ def precompute(
             stored.append(m)
         rest.extend(batch)
     return MapRows([torch.cat(chunks) for chunks in levels], rest)
+
+
+def cached_rows(
+    rows: list[Dataset[dict[str, Any]]], encode: Encode, cfg: Any, *, usable: bool = True
+) -> tuple[list[Dataset[dict[str, Any]]], bool]:
+    """The split parts' datasets with their images replaced by the maps, when the encoder is
+    frozen without augmentation (``cfg.probe``), ``usable`` (the model takes maps) and the maps
+    fit in ``cfg.train.map_cache_gib``; otherwise ``rows`` unchanged. Also whether it cached."""
+    frozen = usable and not cfg.probe.finetune and not cfg.probe.augment
+    if not (frozen and fits(encode, rows, cfg.train.map_cache_gib)):
+        return rows, False
+    batch, workers = cfg.train.feature_batch_size, cfg.train.workers
+    return [precompute(r, encode, batch, workers) for r in rows], True

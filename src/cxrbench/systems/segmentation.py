@@ -291,11 +291,7 @@ class SegmentationSystem(TransferSystem):
             SegmentationRows(items, cfg.image.crop, augment=part == "train" and cfg.probe.augment)
             for part, items in parts
         ]
-        frozen = not cfg.probe.finetune and not cfg.probe.augment
-        cached = frozen and frozen_maps.fits(system.pyramid, rows, cfg.train.map_cache_gib)
-        if cached:
-            batch, workers = cfg.train.feature_batch_size, cfg.train.workers
-            rows = [frozen_maps.precompute(r, system.pyramid, batch, workers) for r in rows]
+        rows, cached = frozen_maps.cached_rows(rows, system.pyramid, cfg)
         train_loader, val, test = (
             loader(r, cfg, train=part == "train") for r, (part, _) in zip(rows, parts, strict=True)
         )
