@@ -99,3 +99,15 @@ def test_run_identities_survive_the_move_to_resolve() -> None:
     assert load_config("convirt", "tiny").config_hash == "ddab33471bdebe88"
     assert load_config("mgca", "small").config_hash == "250df4a8f2e8ec04"
     assert load_task("rsna_cls", "tiny", [], 1.0).config_hash == RSNA_TINY
+
+
+def test_ema_is_a_decay_below_one_and_part_of_the_run_identity() -> None:
+    from cxrbench.runner.resolve import load_task
+
+    for bad in ("1.0", "-0.1"):
+        with pytest.raises(ConfigError) as info:
+            load_task("siim_seg", "tiny", [f"train.ema={bad}"], 1.0)
+        assert info.value.key == "train.ema" and "[0, 1)" in str(info.value)
+    off = load_task("rsna_cls", "tiny", ["train.ema=0"], 1.0).config_hash
+    assert off == RSNA_TINY  # off: earlier results keep their hash
+    assert load_task("rsna_cls", "tiny", ["train.ema=0.9"], 1.0).config_hash != off

@@ -47,12 +47,13 @@ EVAL_MODE_WARNING = r"Found \d+ module\(s\) in eval mode at the start of trainin
 
 
 def _trainer(
-    job: TransferJob, run_dir: Path, monitor: str, mode: str, train: Any
+    job: TransferJob, run_dir: Path, monitor: str, mode: str, train: Any, *, average: bool
 ) -> tuple[L.Trainer, Any]:
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
     from lightning.pytorch.loggers import CSVLogger
 
     from cxrbench.runner.checkpoints import AtomicCheckpointIO
+    from cxrbench.systems.averaging import AverageCallback
     from cxrbench.systems.callbacks import LoaderPosition, RNGState, WallClock
 
     quiet_libraries()
@@ -71,6 +72,8 @@ def _trainer(
         WallClock(),
         EarlyStopping(monitor=monitor, mode=mode, patience=c.patience),
     ]
+    if average:  # validate, select and test the weights' moving average (systems/averaging.py)
+        callbacks.append(AverageCallback())
     if hasattr(train, "load_state_dict"):  # a ResumableLoader: its position is checkpointed
         callbacks.append(LoaderPosition(train))
     if t.checkpoint_every:  # mid-epoch resume points as well (the same file: newer state wins)
@@ -136,7 +139,7 @@ def _run_transfer(
     suite: str,
 ) -> ResultRecord:
     from cxrbench.runner.checkpoints import resume_point
-    from cxrbench.systems import SYSTEMS
+    from cxrbench.systems import SYSTEMS, averaging
     from cxrbench.systems.callbacks import WallClock
 
     result = run_dir / RESULT_FILE
@@ -153,8 +156,10 @@ def _run_transfer(
     L.seed_everything(seed, workers=True, verbose=False)
     prepared = system_cls.prepare(job.task, job.cfg, data, encoder, meta, cache)
     system = prepared.system
+    if job.cfg.train.ema:
+        averaging.attach(system, job.cfg.train.ema)
     trainer, best = _trainer(job, run_dir, system_cls.monitor, system_cls.monitor_mode,
-                             prepared.train)  # fmt: skip
+                             prepared.train, average=bool(job.cfg.train.ema))  # fmt: skip
     last = run_dir / LAST_CHECKPOINT
     with warnings.catch_warnings():
         if not job.cfg.probe.finetune:  # a frozen encoder is in eval mode on purpose

@@ -72,6 +72,9 @@ class TrainSpec:
     # dense tasks, frozen and not augmenting: keep the encoder's maps of the run's images in
     # memory when they fit in this many GiB (0: off; systems/frozen_maps.py)
     map_cache_gib: float = 4.0
+    # > 0: validate, select and test an exponential moving average of the trained weights with
+    # this decay (systems/averaging.py); 0: the raw weights, as the papers
+    ema: float = 0.0
 
 
 @dataclass
