@@ -46,11 +46,17 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
+STREAM_KEY = 2**31
+"""Keeps the passes of capped epochs' stream apart from the per-epoch permutations' seeds."""
+
+
 class EpochSampler(Sampler[tuple[int, int]]):
     """The items of one epoch as ``(epoch, index)`` keys, in an order fixed by ``(seed, epoch)``.
 
     ``num_samples`` > ``n`` makes an epoch several reshuffled passes over the items (never an
-    item twice within a pass). Under DDP each rank takes every ``world``-th key of the order,
+    item twice within a pass); ``num_samples`` < ``n`` (shuffled only) makes epoch ``e`` the
+    part ``[e·num_samples, (e+1)·num_samples)`` of one stream of reshuffled passes, so epochs have
+    a fixed size whatever the number of items and every item comes once per pass. Under DDP each rank takes every ``world``-th key of the order,
     padded to a multiple of ``world`` by wrapping around (as ``DistributedSampler``). ``skip``
     keys (a resumed epoch's consumed part) are left out of the next iteration only.
     """
@@ -59,7 +65,8 @@ class EpochSampler(Sampler[tuple[int, int]]):
         self, n: int, *, seed: int, shuffle: bool = True, num_samples: int | None = None
     ) -> None:
         self.n, self.seed, self.shuffle = int(n), int(seed), shuffle
-        self.num_samples = max(int(num_samples or n), int(n))
+        want = int(num_samples or n)
+        self.num_samples = want if shuffle and 0 < want < n else max(want, int(n))
         self.epoch = 0
         self.skip = 0
 
@@ -71,7 +78,16 @@ class EpochSampler(Sampler[tuple[int, int]]):
         if self.n == 0:
             return np.zeros(0, dtype=np.int64)
         passes = math.ceil(self.num_samples / self.n)
-        if self.shuffle:
+        if self.shuffle and self.num_samples < self.n:  # a part of the stream of passes
+            start = epoch * self.num_samples
+            first, last = start // self.n, (start + self.num_samples - 1) // self.n
+            stream = [
+                np.random.default_rng([self.seed, STREAM_KEY, p]).permutation(self.n)
+                for p in range(first, last + 1)
+            ]
+            offset = start - first * self.n
+            full = np.concatenate(stream)[offset : offset + self.num_samples]
+        elif self.shuffle:
             rng = np.random.default_rng([self.seed, epoch])
             full = np.concatenate([rng.permutation(self.n) for _ in range(passes)])
         else:

@@ -192,8 +192,9 @@ def load_task(
         del plain["params"]  # kinds without system settings keep the hashes they had
     if not plain["train"]["min_steps_per_epoch"]:
         del plain["train"]["min_steps_per_epoch"]  # off: the hashes of earlier results hold
-    if not plain["train"]["ema"]:
-        del plain["train"]["ema"]  # off, likewise
+    for key in ("ema", "max_steps_per_epoch"):
+        if not plain["train"][key]:
+            del plain["train"][key]  # off, likewise
     plain["task"] = {"name": name, **cls.describe()}
     return TransferJob(cls(name, cfg), cfg, config_hash(plain), fraction)
 

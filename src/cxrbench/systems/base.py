@@ -81,7 +81,11 @@ def loader(
     drawing several reshuffled passes over the items (never sampling with replacement inside a
     pass; :class:`~cxrbench.data.resumable.EpochSampler`): at 1% labels an epoch can otherwise be
     a single step, and an epoch-based schedule then
-    trains a decoder or detection head for a handful of steps. Evaluation loaders are unchanged.
+    trains a decoder or detection head for a handful of steps. ``train.max_steps_per_epoch``
+    (0: off) caps an epoch at that many batches, drawn from a fresh permutation each epoch: with
+    both set to the same value every epoch has that size at every label fraction, so a run's
+    compute does not grow with the fraction (the ``small`` preset's dense schedule). Evaluation
+    loaders are unchanged.
     """
     n_workers = cfg.train.workers if workers is None else workers
     common: dict[str, Any] = {
@@ -93,6 +97,8 @@ def loader(
     if not train:
         return EvalLoader(rows, shuffle=False, **common)
     size = len(rows)  # type: ignore[arg-type]
-    want = cfg.train.min_steps_per_epoch * cfg.train.batch_size
+    want = max(cfg.train.min_steps_per_epoch * cfg.train.batch_size, size)
+    if cfg.train.max_steps_per_epoch:
+        want = min(want, cfg.train.max_steps_per_epoch * cfg.train.batch_size)
     # the run's seed (run_transfer seeds everything before the system builds its loaders)
-    return ResumableLoader(rows, seed=torch.initial_seed(), num_samples=max(want, size), **common)
+    return ResumableLoader(rows, seed=torch.initial_seed(), num_samples=want, **common)

@@ -69,6 +69,7 @@ class TrainSpec:
     workers: int = 2
     feature_batch_size: int = 128  # feature extraction for the frozen-feature cache
     min_steps_per_epoch: int = 0  # >0: small training sets are re-passed (systems/base.py)
+    max_steps_per_epoch: int = 0  # >0: an epoch is at most this many batches (systems/base.py)
     # dense tasks, frozen and not augmenting: keep the encoder's maps of the run's images in
     # memory when they fit in this many GiB (0: off; systems/frozen_maps.py)
     map_cache_gib: float = 4.0
