@@ -47,6 +47,6 @@ def test_a_capped_epoch_has_a_fixed_size_and_draws_every_item_in_turn() -> None:
         assert len(drawn) == 6
         epochs.append(drawn)
     assert epochs[0] != epochs[1]  # a fresh part each epoch
-    stream = sum(epochs, [])  # consecutive parts of one stream of passes
+    stream = [i for drawn in epochs for i in drawn]  # consecutive parts of one stream
     assert sorted(stream[:20]) == sorted(stream[20:40]) == rows  # every item once per pass
     assert stream[:20] != stream[20:40]  # each pass reshuffled

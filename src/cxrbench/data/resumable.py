@@ -56,9 +56,10 @@ class EpochSampler(Sampler[tuple[int, int]]):
     ``num_samples`` > ``n`` makes an epoch several reshuffled passes over the items (never an
     item twice within a pass); ``num_samples`` < ``n`` (shuffled only) makes epoch ``e`` the
     part ``[e·num_samples, (e+1)·num_samples)`` of one stream of reshuffled passes, so epochs have
-    a fixed size whatever the number of items and every item comes once per pass. Under DDP each rank takes every ``world``-th key of the order,
-    padded to a multiple of ``world`` by wrapping around (as ``DistributedSampler``). ``skip``
-    keys (a resumed epoch's consumed part) are left out of the next iteration only.
+    a fixed size whatever the number of items and every item comes once per pass. Under DDP
+    each rank takes every ``world``-th key of the order, padded to a multiple of ``world`` by
+    wrapping around (as ``DistributedSampler``). ``skip`` keys (a resumed epoch's consumed part)
+    are left out of the next iteration only.
     """
 
     def __init__(
