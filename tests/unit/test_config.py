@@ -111,3 +111,15 @@ def test_ema_is_a_decay_below_one_and_part_of_the_run_identity() -> None:
     off = load_task("rsna_cls", "tiny", ["train.ema=0"], 1.0).config_hash
     assert off == RSNA_TINY  # off: earlier results keep their hash
     assert load_task("rsna_cls", "tiny", ["train.ema=0.9"], 1.0).config_hash != off
+
+
+def test_transfer_validation_interval_reaches_the_trainer(tmp_path) -> None:
+    from cxrbench.runner.resolve import load_task
+    from cxrbench.runner.transfer import _trainer
+
+    job = load_task("siim_seg", "tiny", ["train.val_every=3", "trainer.progress=false"], 1.0)
+    trainer, _ = _trainer(job, tmp_path, "val/loss", "min", None, average=False)
+    assert trainer.check_val_every_n_epoch == 3
+    assert load_task("rsna_cls", "tiny", ["train.val_every=1"], 1.0).config_hash == RSNA_TINY
+    with pytest.raises(ConfigError, match=r"train\.val_every"):
+        load_task("siim_seg", "tiny", ["train.val_every=0"], 1.0)

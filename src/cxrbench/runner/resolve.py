@@ -195,6 +195,8 @@ def load_task(
     for key in ("ema", "max_steps_per_epoch"):
         if not plain["train"][key]:
             del plain["train"][key]  # off, likewise
+    if plain["train"]["val_every"] == 1:
+        del plain["train"]["val_every"]  # every epoch, as before the key existed
     plain["task"] = {"name": name, **cls.describe()}
     return TransferJob(cls(name, cfg), cfg, config_hash(plain), fraction)
 

@@ -87,6 +87,7 @@ def _trainer(
         devices=t.devices,
         precision=t.precision,  # type: ignore[arg-type]
         max_epochs=c.max_epochs,
+        check_val_every_n_epoch=c.val_every,  # early stopping's patience counts validations
         default_root_dir=run_dir,
         callbacks=callbacks,
         logger=CSVLogger(run_dir, name="logs"),

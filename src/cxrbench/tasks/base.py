@@ -65,7 +65,8 @@ class OptimSpec:
 class TrainSpec:
     batch_size: int = 48
     max_epochs: int = 50
-    patience: int = 10  # early stopping on val loss
+    patience: int = 10  # early stopping: validations without improvement of the monitor
+    val_every: int = 1  # validate (and check early stopping) every N epochs
     workers: int = 2
     feature_batch_size: int = 128  # feature extraction for the frozen-feature cache
     min_steps_per_epoch: int = 0  # >0: small training sets are re-passed (systems/base.py)
