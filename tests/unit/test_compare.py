@@ -152,6 +152,24 @@ def test_better_on_every_image_reaches_the_p_bound(tmp_path) -> None:
     assert "| bad | good | siim_seg | 1% | Dice ↑ |" in text and "| **-20.0** |" in text
 
 
+def test_too_few_resamples_for_the_rows_is_said(tmp_path) -> None:
+    """2/(B + 1) times the rows must stay below 1 − level, or no row can be significant."""
+    assert cmp.resolution_note(2000, 24, 0.95) is None  # 24 · 2/2001 = 0.024
+    note = cmp.resolution_note(2000, 252, 0.95)  # the methods suite: 28 pairs × 9 cells
+    assert note is not None and "no row can be significant" in note
+    assert "--resamples 10,080 or more" in note
+    assert cmp.resolution_note(10_080, 252, 0.95) is None
+    dice = np.random.default_rng(0).integers(20, 70, 60) / 100
+    make_run(tmp_path, "good", 0, seg_arrays(dice + 0.2))
+    make_run(tmp_path, "bad", 0, seg_arrays(dice))
+    few = cmp.compare(SUITE, tmp_path, ["good", "bad"], resamples=30)  # floor 2/31 > 0.05
+    assert not few.rows[0].significant(few.level)
+    assert any("no row can be significant" in n for n in few.notes)
+    assert "no row can be significant" in cmp.render_markdown(few)
+    enough = cmp.compare(SUITE, tmp_path, ["good", "bad"], resamples=500)
+    assert enough.rows[0].significant(enough.level) and not enough.notes
+
+
 def test_the_same_seed_gives_the_same_output_and_another_seed_another(tmp_path) -> None:
     targets, scores = data(60)
     make_run(tmp_path, "a", 0, cls_arrays(scores + targets * 0.3, targets))

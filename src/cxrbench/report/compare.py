@@ -142,6 +142,22 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return adjusted.tolist()
 
 
+def resolution_note(resamples: int, rows: int, level: float) -> str | None:
+    """A warning when no row can be significant: the smallest bootstrap p-value is 2/(B + 1) and
+    Holm multiplies the smallest by the number of rows, so with too few resamples for the rows
+    compared every adjusted p stays at or above 1 − level whatever the data."""
+    alpha = 1.0 - level
+    if rows * 2.0 / (resamples + 1) < alpha:
+        return None
+    need = math.ceil(2.0 * rows / alpha)
+    return (
+        f"with {resamples:,} resamples the smallest p-value is 2/(B + 1) = "
+        f"{2.0 / (resamples + 1):.2g}, and Holm over {rows} rows makes it at least "
+        f"{min(1.0, rows * 2.0 / (resamples + 1)):.2g}: no row can be significant at "
+        f"{alpha:g}; compare fewer methods or use --resamples {need:,} or more"
+    )
+
+
 def seed_sequence(seed: int, *keys: str | float) -> np.random.SeedSequence:
     """A generator's seed keyed by names (task, fraction, method): stable across runs."""
     words = [
@@ -320,6 +336,9 @@ def compare(
         why = f" ({'; '.join(notes)})" if notes else ""
         raise CxrbenchError(f"suite {name!r}: no cell to compare {', '.join(chosen)} in{why}")
     adjusted = holm([r.p for r in rows])
+    floor = resolution_note(resamples, len(rows), level)
+    if floor:
+        notes.append(floor)
     order = {pair: k for k, pair in enumerate(pairs)}
     final = sorted(
         (_with(r, p_holm=a) for r, a in zip(rows, adjusted, strict=True)),
