@@ -333,10 +333,10 @@ def test_ctrl_c_inside_lightning_exits_130(monkeypatch, capsys) -> None:
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         assert cli.main(["ls"]) == 130
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # main put it back
     finally:
         signal.signal(signal.SIGINT, previous)
     assert "cxrbench: interrupted" in capsys.readouterr().err
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
     def plain_exit(args) -> int:
         raise SystemExit(1)
