@@ -59,6 +59,14 @@ PRETRAIN_NON_RESULT_KEYS = (
     "trainer.log_every",
     "trainer.checkpoint_every",
 )
+#: ``train.*`` keys added after results existed, with their defaults (off or as before): a
+#: config at the default leaves the key out of its hash, so earlier runs keep their identity
+TRAIN_KEYS_ADDED = (
+    ("min_steps_per_epoch", 0),
+    ("max_steps_per_epoch", 0),
+    ("ema", 0.0),
+    ("val_every", 1),
+)
 TRANSFER_NON_RESULT_KEYS = (
     "train.workers",
     "trainer.progress",
@@ -190,13 +198,9 @@ def load_task(
     plain = without_keys(to_plain(cfg), ignored)  # the policy only matters when augmenting
     if not plain["params"]:
         del plain["params"]  # kinds without system settings keep the hashes they had
-    if not plain["train"]["min_steps_per_epoch"]:
-        del plain["train"]["min_steps_per_epoch"]  # off: the hashes of earlier results hold
-    for key in ("ema", "max_steps_per_epoch"):
-        if not plain["train"][key]:
-            del plain["train"][key]  # off, likewise
-    if plain["train"]["val_every"] == 1:
-        del plain["train"]["val_every"]  # every epoch, as before the key existed
+    for key, default in TRAIN_KEYS_ADDED:
+        if plain["train"][key] == default:
+            del plain["train"][key]  # at its default: the hashes of earlier results hold
     plain["task"] = {"name": name, **cls.describe()}
     return TransferJob(cls(name, cfg), cfg, config_hash(plain), fraction)
 
