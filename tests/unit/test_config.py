@@ -118,7 +118,7 @@ def test_transfer_validation_interval_reaches_the_trainer(tmp_path) -> None:
     from cxrbench.runner.transfer import _trainer
 
     job = load_task("siim_seg", "tiny", ["train.val_every=3", "trainer.progress=false"], 1.0)
-    trainer, _ = _trainer(job, tmp_path, "val/loss", "min", None, average=False)
+    trainer, _ = _trainer(job, tmp_path, "val/loss", "min", None)
     assert trainer.check_val_every_n_epoch == 3
     assert load_task("rsna_cls", "tiny", ["train.val_every=1"], 1.0).config_hash == RSNA_TINY
     with pytest.raises(ConfigError, match=r"train\.val_every"):

@@ -47,7 +47,7 @@ EVAL_MODE_WARNING = r"Found \d+ module\(s\) in eval mode at the start of trainin
 
 
 def _trainer(
-    job: TransferJob, run_dir: Path, monitor: str, mode: str, train: Any, *, average: bool
+    job: TransferJob, run_dir: Path, monitor: str, mode: str, train: Any
 ) -> tuple[L.Trainer, Any]:
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
     from lightning.pytorch.loggers import CSVLogger
@@ -72,7 +72,7 @@ def _trainer(
         WallClock(),
         EarlyStopping(monitor=monitor, mode=mode, patience=c.patience),
     ]
-    if average:  # validate, select and test the weights' moving average (systems/averaging.py)
+    if c.ema:  # validate, select and test the weights' moving average (systems/averaging.py)
         callbacks.append(AverageCallback())
     if hasattr(train, "load_state_dict"):  # a ResumableLoader: its position is checkpointed
         callbacks.append(LoaderPosition(train))
@@ -157,10 +157,10 @@ def _run_transfer(
     L.seed_everything(seed, workers=True, verbose=False)
     prepared = system_cls.prepare(job.task, job.cfg, data, encoder, meta, cache)
     system = prepared.system
-    if job.cfg.train.ema:
+    if job.cfg.train.ema:  # before the trainer: its callback and every checkpoint need it
         averaging.attach(system, job.cfg.train.ema)
     trainer, best = _trainer(job, run_dir, system_cls.monitor, system_cls.monitor_mode,
-                             prepared.train, average=bool(job.cfg.train.ema))  # fmt: skip
+                             prepared.train)  # fmt: skip
     last = run_dir / LAST_CHECKPOINT
     with warnings.catch_warnings():
         if not job.cfg.probe.finetune:  # a frozen encoder is in eval mode on purpose

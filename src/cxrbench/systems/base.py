@@ -83,10 +83,9 @@ def loader(
     a single step, and an epoch-based schedule then
     trains a decoder or detection head for a handful of steps. ``train.max_steps_per_epoch``
     (0: off) caps an epoch at that many batches, the next part of one stream of reshuffled passes
-    (so every item comes once per pass): with
-    both set to the same value every epoch has that size at every label fraction, so a run's
-    compute does not grow with the fraction (the ``small`` preset's dense schedule). Evaluation
-    loaders are unchanged.
+    (so every item comes once per pass). With both set to the same value every epoch has that
+    size at every label fraction, so a run's compute does not grow with the fraction (the
+    ``small`` preset's dense schedule). Evaluation loaders are unchanged.
     """
     n_workers = cfg.train.workers if workers is None else workers
     common: dict[str, Any] = {
