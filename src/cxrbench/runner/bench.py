@@ -83,11 +83,16 @@ def data_root_for(plan: ResolvedPlan, progress: bool) -> Path:
     root, suite = plan.data_root, plan.suite
     if suite.data_root:
         return root
-    if not (root / "mimic-cxr-jpg" / "mimic-cxr-2.0.0-split.csv.gz").is_file():
-        from cxrbench.synth import generate
+    from cxrbench.synth import generate, stale_reason
 
+    preset = SYNTH_PRESETS[suite.preset]
+    if not (root / "mimic-cxr-jpg" / "mimic-cxr-2.0.0-split.csv.gz").is_file():
         log.info("generating SynthCXR %s into %s", suite.preset, root)
-        generate(root, SYNTH_PRESETS[suite.preset], seed=0, progress=progress)
+        generate(root, preset, seed=0, progress=progress)
+    elif reason := stale_reason(root, preset, seed=0):
+        # a corpus from older code would give numbers no current table or baseline matches
+        log.warning("SynthCXR corpus %s is out of date (%s): regenerating it", root, reason)
+        generate(root, preset, seed=0, progress=progress)
     return root
 
 

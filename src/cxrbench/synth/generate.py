@@ -8,6 +8,7 @@ workers.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -18,6 +19,7 @@ from typing import Any
 
 from cxrbench.data.formats import mimic as mimic_format
 from cxrbench.errors import CxrbenchError
+from cxrbench.utils.io import atomic_write_text
 
 from . import layouts
 from .files import write_gz_csv, write_text
@@ -26,6 +28,11 @@ from .reports import OBSERVATIONS
 
 log = logging.getLogger(__name__)
 CHUNK = 64
+# Bumped whenever what a preset writes changes (drawing, sizes, annotations), so that a corpus
+# written by older code is regenerated instead of silently read: 2 = issue 17 (Object-CXR objects
+# twice as large, synth-small's RSNA pool 4,000). Recorded in the corpus's MANIFEST.
+CORPUS_VERSION = 2
+MANIFEST = "synthcxr.json"
 MIMIC_META = (
     "dicom_id,subject_id,study_id,PerformedProcedureStepDescription,ViewPosition,Rows,Columns,"
     "StudyDate,StudyTime,ProcedureCodeSequence_CodeMeaning,ViewCodeSequence_CodeMeaning,"
@@ -151,5 +158,30 @@ def generate(
     seconds = time.perf_counter() - start
     images = sum(1 for _ in out.rglob("*") if _.suffix in (".jpg", ".png", ".dcm"))
     log.info("SynthCXR %s (seed %d): %d images in %.1f s", preset, seed, images, seconds)
-    return {"preset": preset, "seed": seed, "scale": scale, "side": chosen.side,
-            "items": counts, "images": images, "seconds": round(seconds, 2)}  # fmt: skip
+    summary = {"preset": preset, "seed": seed, "scale": scale, "side": chosen.side,
+               "items": counts, "images": images, "seconds": round(seconds, 2)}  # fmt: skip
+    # written last: a corpus without it is incomplete (an interrupted run) or older than it
+    atomic_write_text(out / MANIFEST, json.dumps(_identity(chosen, preset, seed), indent=2) + "\n")
+    return summary
+
+
+def _identity(chosen: Preset, preset: str, seed: int) -> dict[str, Any]:
+    return {"corpus_version": CORPUS_VERSION, "preset": preset, "seed": seed,
+            "side": chosen.side, "sizes": dict(chosen.sizes.__dict__)}  # fmt: skip
+
+
+def stale_reason(out: Path, preset: str, seed: int = 0) -> str | None:
+    """Why the corpus in ``out`` is not what ``generate(out, preset, seed)`` writes today, or
+    ``None`` when it is (judged from its manifest: corpus version, preset sizes, side, seed)."""
+    path = Path(out) / MANIFEST
+    if not path.is_file():
+        return f"it has no {MANIFEST} (written before corpus version {CORPUS_VERSION}, or interrupted)"
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        return f"its {MANIFEST} cannot be read ({error})"
+    expected = _identity(PRESETS[preset], preset, seed)
+    changed = [k for k in expected if found.get(k) != expected[k]]
+    if not changed:
+        return None
+    return "; ".join(f"{k} {found.get(k)!r}, expected {expected[k]!r}" for k in changed)
