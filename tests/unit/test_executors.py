@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from cxrbench.errors import ConfigError, CxrbenchError
 from cxrbench.report.schema import ResultRecord
@@ -207,7 +208,12 @@ def test_dry_run_counts_skips_and_says_where_estimates_come_from(tmp_path) -> No
     assert "pretrain convirt: 0.05 h (code default (measured: 2-core CPU, ConVIRT))" in text
     assert "1 node × 2 GPU (DDP), 12 CPU" in text  # the DDP job: 2 tasks × 6 CPUs
     # what would run: convirt 0.05 h × 2 GPUs + 3 transfers × 0.02 h × 1 GPU
-    assert "estimated cost of what would run: 0.2 GPU-hours" in text
+    assert "estimated cost of what would run: 0.11 wall hours of jobs, 0.2 GPU-hours" in text
+    # here, one job at a time: CPU-hours are the wall hours × the cores a job uses, not the
+    # slurm request (12 and 6 CPUs above)
+    cores = torch.get_num_threads()
+    local = dry_run(suite, out, executor="local")
+    assert f"{0.11 * cores:,.1f} CPU-hours (one job at a time on this machine's {cores} cores" in local
     given = replace(suite, estimates=replace(suite.estimates, pretrain_hours={"convirt": 5.0}))
     assert "pretrain convirt: 5 h (suite estimates.pretrain_hours.convirt)" in dry_run(given, out)
 

@@ -146,3 +146,39 @@ def test_presets_and_bad_preset() -> None:
 
     with pytest.raises(CxrbenchError, match="unknown SynthCXR preset"):
         generate(Path("/nonexistent"), "huge")
+
+
+def test_manifest_says_which_corpus_is_out_of_date(corpus, tmp_path, monkeypatch) -> None:
+    import json
+    from types import SimpleNamespace
+
+    import cxrbench.synth as synth
+    from cxrbench.runner.bench import data_root_for
+    from cxrbench.synth.generate import CORPUS_VERSION, MANIFEST, _identity, stale_reason
+
+    written = json.loads((corpus / MANIFEST).read_text())
+    assert written["corpus_version"] == CORPUS_VERSION and written["seed"] == 0
+    assert written["sizes"]["rsna"] == PRESETS["tiny"].scaled(0.3).sizes.rsna
+    # the test corpus is a scaled one: not what `generate(root, "tiny")` writes
+    assert "sizes" in stale_reason(corpus, "tiny")
+    current = tmp_path / "current"
+    (current / "mimic-cxr-jpg").mkdir(parents=True)
+    (current / "mimic-cxr-jpg" / "mimic-cxr-2.0.0-split.csv.gz").write_bytes(b"")
+    (current / MANIFEST).write_text(json.dumps(_identity(PRESETS["tiny"], "tiny", 0)))
+    assert stale_reason(current, "tiny") is None
+    assert "seed 0, expected 1" in stale_reason(current, "tiny", seed=1)
+    older = dict(_identity(PRESETS["tiny"], "tiny", 0), corpus_version=CORPUS_VERSION - 1)
+    (tmp_path / "older").mkdir()
+    (tmp_path / "older" / MANIFEST).write_text(json.dumps(older))
+    assert "corpus_version" in stale_reason(tmp_path / "older", "tiny")
+    assert f"no {MANIFEST}" in stale_reason(tmp_path, "tiny")
+
+    # bench's default corpus: regenerated when out of date, left alone when current or given
+    calls = []
+    monkeypatch.setattr(synth, "generate", lambda root, *a, **k: calls.append(Path(root)))
+    plan = SimpleNamespace(data_root=current, suite=SimpleNamespace(data_root=None, preset="tiny"))
+    assert data_root_for(plan, progress=False) == current and calls == []
+    (current / MANIFEST).write_text(json.dumps(older))
+    assert data_root_for(plan, progress=False) == current and calls == [current]
+    given = SimpleNamespace(data_root=current, suite=SimpleNamespace(data_root="x", preset="tiny"))
+    assert data_root_for(given, progress=False) == current and calls == [current]

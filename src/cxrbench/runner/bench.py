@@ -282,9 +282,14 @@ def dry_run(
     for (stage, name, hours, source), fractions in costing.estimates.items():
         which = f" f{','.join(fractions)}" if fractions else ""
         lines.append(f"  {stage} {name}{which}: {hours:.3g} h ({source})")
+    where = (
+        f"one job at a time on this machine's {_local_cpus()} cores (torch threads)"
+        if executor == "local"
+        else "CPUs as requested per job"
+    )
     lines.append(
-        f"estimated cost of what would run: {costing.gpu_hours:,.1f} GPU-hours, "
-        f"{costing.cpu_hours:,.1f} CPU-hours"
+        f"estimated cost of what would run: {costing.wall_hours:,.2f} wall hours of jobs, "
+        f"{costing.gpu_hours:,.1f} GPU-hours, {costing.cpu_hours:,.1f} CPU-hours ({where})"
     )
     if executor == "slurm" and not plan.problems and len(auto_text_jobs(plan)) > 1:
         lines.append(
@@ -302,6 +307,13 @@ def dry_run(
     return "\n".join(lines)
 
 
+def _local_cpus() -> int:
+    """The cores a local job uses: torch's intra-op threads, which default to the cores here."""
+    import torch
+
+    return torch.get_num_threads()
+
+
 @dataclass
 class _Costing:
     """The dry run's per-group lines, the estimate of each job and the total cost."""
@@ -312,6 +324,7 @@ class _Costing:
     transfer_measured: dict
     gpu_hours: float = 0.0
     cpu_hours: float = 0.0
+    wall_hours: float = 0.0
     estimates: dict[tuple[str, str, float, str], list[str]] = field(default_factory=dict)
 
     def hours(self, stage: str, job: Job) -> float:
@@ -341,9 +354,12 @@ class _Costing:
                 self.hours(stage, job)
             hours = sum(self.hours(stage, job) for job in g.pending)
             r = g.resources  # resolved: every field set (resolve.resources_for)
-            nodes, cpus = r.nodes or 1, r.cpus_per_task or 1
+            nodes, cpus = r.nodes or 1, (r.cpus_per_task or 1) * g.tasks_per_node
+            if self.executor == "local":  # the request is slurm's; a job here uses every core
+                nodes, cpus = 1, _local_cpus()
+            self.wall_hours += hours
             self.gpu_hours += hours * nodes * (r.gpus_per_node or 0)
-            self.cpu_hours += hours * nodes * g.tasks_per_node * cpus
+            self.cpu_hours += hours * nodes * cpus
             request = f"{_request(g)}; " if self.executor == "slurm" else ""
             state = f"{len(g.pending)} to run, {len(g.finished)} finished"
             lines.append(f"  {g.label}: {state}; {request}est. {hours:.3g} h")
