@@ -23,7 +23,7 @@ from cxrbench.errors import CxrbenchError, describe
 from cxrbench.log import setup_logging
 from cxrbench.utils.io import check_writable
 
-LISTABLE = ("methods", "tasks", "datasets", "presets", "synth-presets")
+LISTABLE = ("methods", "tasks", "datasets", "presets", "synth-presets", "import-formats")
 
 
 def _dataset_keys() -> tuple[str, ...]:
@@ -96,6 +96,10 @@ def _list(kind: str) -> list[str]:
         return [f"{key} ({folder})" for key, folder in FOLDERS.items()]
     if kind == "presets":  # what --preset takes (configs/trainer/)
         return _trainer_presets()
+    if kind == "import-formats":  # what `import --from` takes
+        from cxrbench.importers import FORMATS
+
+        return FORMATS.names()
     from cxrbench.synth import PRESETS  # what `data synth --preset` takes
 
     return list(PRESETS)
@@ -209,6 +213,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    from cxrbench.importers import import_checkpoint
+
+    check_writable(Path(args.out), "artifact folder")
+    report = import_checkpoint(
+        args.format, Path(args.checkpoint), Path(args.out), backbone=args.backbone,
+        ignore=tuple(args.ignore or ()), image_size=args.image_size,
+    )  # fmt: skip
+    for line in report.lines():
+        _emit(line)
+    _emit(f"encoder artifact: {args.out}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from cxrbench.runner import bench
     from cxrbench.runner.execute import log_failures
@@ -313,6 +331,28 @@ def _add_pretrain(sub: Any) -> None:
     e.add_argument("--ckpt", default=None, help="checkpoint (default checkpoints/last.ckpt)")
     e.add_argument("--out", default=None, help="artifact folder (default RUN/encoder)")
     e.set_defaults(func=cmd_export)
+
+    i = sub.add_parser(
+        "import",
+        help="a released checkpoint → an encoder artifact (strict key map, weights-only load)",
+        description="Import the image encoder of a released checkpoint. Every key the backbone "
+        "needs must be found with its shape, and every other key must be covered by a named "
+        "rule of the format (text tower, projection heads, ...) or by --ignore. "
+        "`cxrbench ls import-formats` lists the formats (docs/importing.md describes each).",
+    )
+    i.add_argument("checkpoint", help=".ckpt / .pth / .pt / .bin (weights-only) or .safetensors")
+    i.add_argument(
+        "--from", dest="format", required=True, help="checkpoint format (ls import-formats)"
+    )
+    i.add_argument("--out", required=True, help="artifact folder to write")
+    i.add_argument(
+        "--backbone", default=None, help="the format's backbone (default: from the keys)"
+    )
+    ignore_help = "also leave out checkpoint keys starting with PREFIX (repeatable)"
+    i.add_argument("--ignore", action="append", metavar="PREFIX", help=ignore_help)
+    size_help = "input size recorded in the artifact (default: the format's, 224)"
+    i.add_argument("--image-size", type=int, default=None, help=size_help)
+    i.set_defaults(func=cmd_import)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -213,7 +213,9 @@ def test_dry_run_counts_skips_and_says_where_estimates_come_from(tmp_path) -> No
     # slurm request (12 and 6 CPUs above)
     cores = torch.get_num_threads()
     local = dry_run(suite, out, executor="local")
-    assert f"{0.11 * cores:,.1f} CPU-hours (one job at a time on this machine's {cores} cores" in local
+    assert (
+        f"{0.11 * cores:,.1f} CPU-hours (one job at a time on this machine's {cores} cores" in local
+    )
     given = replace(suite, estimates=replace(suite.estimates, pretrain_hours={"convirt": 5.0}))
     assert "pretrain convirt: 5 h (suite estimates.pretrain_hours.convirt)" in dry_run(given, out)
 

@@ -175,7 +175,9 @@ def stale_reason(out: Path, preset: str, seed: int = 0) -> str | None:
     ``None`` when it is (judged from its manifest: corpus version, preset sizes, side, seed)."""
     path = Path(out) / MANIFEST
     if not path.is_file():
-        return f"it has no {MANIFEST} (written before corpus version {CORPUS_VERSION}, or interrupted)"
+        return (
+            f"it has no {MANIFEST} (written before corpus version {CORPUS_VERSION}, or interrupted)"
+        )
     try:
         found = json.loads(path.read_text())
     except (OSError, ValueError) as error:
