@@ -271,6 +271,13 @@ def _add_bench(sub: Any) -> None:
         type=int,
         help="pre-training seed (repeatable; replaces the suite's pretrain_seeds)",
     )
+    b.add_argument(
+        "--encoder",
+        action="append",
+        metavar="NAME=DIR",
+        help="also evaluate the encoder artifact in DIR (e.g. from `cxrbench import`) as row NAME, "
+        "without pre-training (repeatable; alone, without --method, only these rows)",
+    )
     b.add_argument("--suite", default=None, help="suite file (benchmarks/*.yaml)")
     b.add_argument("--name", default=None,
                    help="the suite's name (its folder under --out); default: the suite file's, "

@@ -14,6 +14,7 @@ never share a folder, a table or a leaderboard.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from cxrbench.config import build, load_yaml
 from cxrbench.errors import ConfigError, RegistryError
 
 PROTOCOL_SEEDS = [42, 0, 1]
+ENCODER_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 TASK_KINDS = ("classification", "segmentation", "detection")
 
 
@@ -78,6 +80,14 @@ class Suite:
     #: per task, the metric tables and leaderboards read (default: the task's own), e.g.
     #: ``{covidx_cls: auroc}``; every transfer run records all of its metrics either way
     metrics: dict[str, str] = field(default_factory=dict)
+    #: rows evaluated on an encoder artifact that exists already (``cxrbench import``, another
+    #: suite's pre-training), no pre-training: ``{name: artifact folder}`` (``--encoder NAME=DIR``)
+    encoders: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> list[str]:
+        """The table rows: the methods, then the given encoders."""
+        return [*self.methods, *self.encoders]
 
 
 def load_suite(path: Path) -> Suite:
@@ -107,10 +117,16 @@ def check(suite: Suite, source: str = "suite") -> None:
         ("methods", suite.methods, METHODS),
         ("tasks", suite.tasks, TASKS),
     ):
-        if not names:
+        if not names and not (key == "methods" and suite.encoders):
             raise ConfigError(source, key, "needs at least one entry")
         for name in names:
             registry.get(name)  # did-you-mean error on a typo
+    for name, folder in suite.encoders.items():
+        if not ENCODER_NAME.fullmatch(name) or name in METHODS:
+            why = "a registered method's name" if name in METHODS else "not [a-z0-9_.-]+"
+            raise ConfigError(source, f"encoders.{name}", f"a row name of its own, got {why}")
+        if not folder:
+            raise ConfigError(source, f"encoders.{name}", "the encoder artifact folder")
     for f in suite.fractions:
         if not 0 < f <= 1:
             raise ConfigError(source, "fractions", f"a label fraction is in (0, 1], got {f}")
@@ -201,9 +217,9 @@ def grid_name(suite: Suite) -> str:
             suite.seeds, _quiet(suite.pretrain_overrides),
             _quiet(suite.transfer_overrides), sorted(suite.method_overrides.items()),
         )
-    )  # fmt: skip
+    ) + (f"|{sorted(suite.encoders.items())}" if suite.encoders else "")  # fmt: skip
     digest = hashlib.sha256(grid.encode()).hexdigest()[:8]
-    return "-".join([suite.preset, _names(suite.methods), _names(suite.tasks), digest])
+    return "-".join([suite.preset, _names(suite.rows), _names(suite.tasks), digest])
 
 
 def _names(names: list[str]) -> str:

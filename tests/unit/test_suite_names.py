@@ -6,7 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from cxrbench.cli import build_parser
+from cxrbench.errors import ConfigError
 from cxrbench.runner.bench import suite_from_args
 
 SUITE = "name: s\npreset: small\nmethods: [convirt, random_init]\ntasks: [chexpert_cls]\n"
@@ -53,3 +56,19 @@ def test_old_flag_spellings_still_parse(capsys) -> None:
     err = capsys.readouterr().err
     assert "--root is deprecated, use --data-root" in err
     assert "--set is deprecated, use --pretrain-set" in err
+
+
+def test_given_encoders_from_a_suite_file_and_flags(tmp_path) -> None:
+    path = tmp_path / "e.yaml"
+    path.write_text(SUITE + "encoders: {mgca-r50: /x/mgca}\n")
+    args = build_parser().parse_args(["bench", "--suite", str(path)])
+    suite = suite_from_args(args)
+    assert suite.name == "s" and suite.rows == ["convirt", "random_init", "mgca-r50"]
+    more = _suite(tmp_path, "--encoder", "gloria-r50=/x/gloria")
+    assert more.rows == ["convirt", "random_init", "gloria-r50"]  # a file's methods stay
+    assert more.name.startswith("small-convirt+random_init+gloria-r50-")
+    alone = suite_from_args(build_parser().parse_args(["bench", "--encoder", "a=/x"]))
+    assert alone.methods == [] and alone.rows == ["a"]
+    for bad, why in (("a", "NAME=DIR"), ("Mine=/x", "a row name"), ("convirt=/x", "a row name")):
+        with pytest.raises(ConfigError, match=why):
+            suite_from_args(build_parser().parse_args(["bench", "--encoder", bad]))

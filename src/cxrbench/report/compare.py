@@ -224,7 +224,7 @@ def runs_of(name: str, suite: Suite | None, runs: Path) -> tuple[list[Run], list
     ]
     if not found:
         raise CxrbenchError(f"{folder}: no result records in the grid of suite {name!r}")
-    order = [*(suite.methods if suite else []), *sorted({r.record.method for r in found})]
+    order = [*(suite.rows if suite else []), *sorted({r.record.method for r in found})]
     methods = [m for m in dict.fromkeys(order) if any(r.record.method == m for r in found)]
     return found, methods
 

@@ -171,5 +171,5 @@ def write_suite_plot(
     spread = spread_words(suite)
     data = "real data" if suite.data_root else f"SynthCXR {suite.preset}"
     title = f"{suite.name}: label efficiency · {data} · {spread}"
-    fig = label_efficiency_figure(layout, title=title, method_order=suite.methods)
+    fig = label_efficiency_figure(layout, title=title, method_order=suite.rows)
     return write_figure(fig, Path(out) / f"{suite.name}_label_efficiency", command)

@@ -40,7 +40,7 @@ METRIC_NAMES = {
 
 def suite_grid(suite: Suite) -> Grid:
     return frozenset(
-        (m, t, float(f), s) for m in suite.methods for t in suite.tasks for f in suite.fractions
+        (m, t, float(f), s) for m in suite.rows for t in suite.tasks for f in suite.fractions
         for s in suite.seeds
     )  # fmt: skip
 
@@ -70,7 +70,7 @@ def spread_words(suite: Suite, records: Sequence[ResultRecord] = ()) -> str:
 def planned_grid(suite: Suite) -> frozenset[tuple[str, str, float, int, int]]:
     """Every run the suite plans: (method, task, fraction, pre-training seed, transfer seed)."""
     return frozenset(
-        (m, t, float(f), p, s) for m in suite.methods for t in suite.tasks
+        (m, t, float(f), p, s) for m in suite.rows for t in suite.tasks
         for f in suite.fractions for p in suite.pretrain_seeds for s in suite.seeds
     )  # fmt: skip
 

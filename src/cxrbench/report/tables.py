@@ -45,6 +45,7 @@ from cxrbench.utils.io import atomic_write_text
 
 if TYPE_CHECKING:
     from cxrbench.report.compare import Interval
+    from cxrbench.report.schema import ResultRecord
     from cxrbench.suite import Suite
 
 FORMATS = {"md": "md", "tex": "tex", "csv": "csv"}  # --format → file extension
@@ -477,11 +478,34 @@ def suite_layout(
         from cxrbench.report.compare import intervals_caption, suite_intervals
 
         intervals, bold = suite_intervals(suite, runs), intervals_caption()
-    layout = build_layout(cells, method_order=suite.methods, task_order=suite.tasks,
+    layout = build_layout(cells, method_order=suite.rows, task_order=suite.tasks,
                           published=rows, intervals=intervals,
                           test_values=cell_test_values(paths))  # fmt: skip
     caption = suite_caption(suite, records, reported=bool(layout.reported), bold=bold)
-    return layout, with_reference_caption(caption, layout)
+    given = given_encoders_caption(suite, records)
+    return layout, with_reference_caption(f"{caption}; {given}" if given else caption, layout)
+
+
+def given_encoders_caption(suite: Suite, records: Sequence[ResultRecord]) -> str:
+    """What the suite's given encoders are (no pre-training here), from their records: an
+    imported checkpoint's format and sha256, or the method that pre-trained the artifact."""
+    parts = []
+    for name in suite.encoders:
+        sources = {
+            tuple(sorted(r.extra.get("encoder_source", {}).items()))
+            for r in records
+            if r.method == name
+        }
+        if len(sources) != 1:
+            continue  # no records yet (or records of several artifacts: the folder says)
+        source = dict(next(iter(sources)))
+        if "imported" in source:
+            digest = source["checkpoint_sha256"][:12]
+            what = f"imported {source['imported']} checkpoint, sha256 {digest}"
+        else:
+            what = f"encoder pre-trained by {source.get('method', '?')} elsewhere"
+        parts.append(f"{name}: {what}")
+    return f"given encoders (not pre-trained by this suite): {'; '.join(parts)}" if parts else ""
 
 
 def with_reference_caption(caption: str, layout: Layout) -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cxrbench.errors import CxrbenchError
+from cxrbench.errors import ConfigError, CxrbenchError
 from cxrbench.runner.execute import Outcome, execute
 from cxrbench.runner.plan import make_plan
 from cxrbench.runner.resolve import SYNTH_PRESETS, Job, ResolvedPlan, resolve
@@ -47,6 +47,11 @@ def suite_from_args(args: Any) -> Suite:
         values = getattr(args, flag, None)
         if values:
             changes[key] = [resolve_task(v) for v in values] if flag == "task" else list(values)
+    encoders = getattr(args, "encoder", None) or []
+    if encoders:
+        changes["encoders"] = {**suite.encoders, **dict(_encoder_flag(e) for e in encoders)}
+        if not args.suite and not getattr(args, "method", None):
+            changes["methods"] = []  # `--encoder` alone: only the given encoders
     if args.preset:
         changes["preset"] = args.preset
     if args.data_root:
@@ -55,7 +60,7 @@ def suite_from_args(args: Any) -> Suite:
     changes["transfer_overrides"] = [*suite.transfer_overrides, *(args.set or []), *quiet]
     pretrain_sets = getattr(args, "pretrain_set", None) or []
     changes["pretrain_overrides"] = [*suite.pretrain_overrides, *pretrain_sets, *quiet]
-    changed = [k for k in ("methods", "tasks", "fractions", "seeds", "preset")
+    changed = [k for k in ("methods", "tasks", "fractions", "seeds", "preset", "encoders")
                if k in changes and changes[k] != getattr(suite, k)]  # fmt: skip
     suite = normalized(replace(suite, **changes), "command line")
     check(suite, "command line")
@@ -65,6 +70,14 @@ def suite_from_args(args: Any) -> Suite:
     elif not args.suite or changed:
         suite = replace(suite, name=grid_name(suite))
     return suite
+
+
+def _encoder_flag(text: str) -> tuple[str, str]:
+    """``--encoder NAME=DIR`` → (NAME, DIR)."""
+    name, sep, folder = text.partition("=")
+    if not sep or not name or not folder:
+        raise ConfigError("command line", "--encoder", f"NAME=DIR, got {text!r}")
+    return name, folder
 
 
 def command_line() -> str:

@@ -26,10 +26,11 @@ from typing import TypeVar
 from cxrbench.data.features import FeatureCache
 from cxrbench.errors import CxrbenchError
 from cxrbench.report.schema import ResultRecord
+from cxrbench.runner.plan import GIVEN
 from cxrbench.runner.pretrain import run_pretrain
 from cxrbench.runner.resolve import Job, PretrainJob, ResolvedPlan, TransferJob
 from cxrbench.runner.transfer import run_transfer
-from cxrbench.runs import finished
+from cxrbench.runs import META_FILE, finished
 from cxrbench.utils.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -62,12 +63,16 @@ def transfer_job(job: Job) -> ResultRecord:
     assert job.encoder is not None and job.fraction is not None
     config, encoder, fraction = job.config, job.encoder, job.fraction
 
+    given = str(job.depends_on).startswith(GIVEN)  # an encoder the suite names, not pre-trains
+
     def run() -> ResultRecord:
-        if not finished("pretrain", encoder.parent):
+        if given and not (encoder / META_FILE).is_file():
+            raise CxrbenchError(f"{encoder}: no encoder artifact ({META_FILE} is missing)")
+        if not given and not finished("pretrain", encoder.parent):
             raise CxrbenchError(f"{encoder}: no encoder artifact; pre-train {job.depends_on} first")
         return run_transfer(config, encoder, job.data_root, fraction=fraction, seed=job.seed,
                             run_dir=job.run_dir, cache=FeatureCache(job.cache_root),
-                            suite=job.suite)  # fmt: skip
+                            suite=job.suite, row=job.method if given else None)  # fmt: skip
 
     return _reporting(job, run)
 

@@ -3,7 +3,8 @@
 A suite (``benchmarks/*.yaml``, or the ``cxrbench bench`` flags) names methods, tasks, label
 fractions and seeds. The plan pre-trains one encoder per method (per task dataset for
 ``supervised``, the oracle trained on that dataset's labels) at each of ``pretrain_seeds`` and runs
-every method × task × fraction × seed transfer on each. Run folders are keyed by identity:
+every method × task × fraction × seed transfer on each; the suite's given ``encoders`` (no
+pre-training) get the same transfers. Run folders are keyed by identity:
 ``<out>/<suite>/<method>/pretrain[-<dataset>]/s<pretrain seed>/`` and
 ``<out>/<suite>/<method>/<task>/f<fraction>[/p<pretrain seed>]/s<seed>/`` (``p<k>/`` only for a
 pre-training seed other than 0, so the folders of one-seed suites keep their names).
@@ -25,15 +26,21 @@ from cxrbench.suite import Suite
 from cxrbench.suite import load_suite as load_suite  # re-exported for older imports
 from cxrbench.tasks import TASKS
 
+#: ``depends_on`` of a transfer on a given encoder (``Suite.encoders``): no pre-training job
+GIVEN = "given:"
+
 
 @dataclass(frozen=True)
 class PretrainSpec:
     method: str
     seed: int
     dataset: str | None  # the supervised oracle's dataset
+    artifact: str | None = None  # a given encoder's folder (no pre-training job)
 
     @property
     def key(self) -> str:
+        if self.artifact is not None:
+            return f"{GIVEN}{self.method}"
         dataset = f"-{self.dataset}" if self.dataset else ""
         return f"{self.method}/pretrain{dataset}/s{self.seed}"
 
@@ -83,4 +90,10 @@ def make_plan(suite: Suite) -> Plan:
                 for fraction in suite.fractions:
                     for seed in suite.seeds:
                         transfer.append(TransferSpec(method, task, fraction, seed, spec))
+    for name, folder in suite.encoders.items():  # evaluated as they are: no pre-training
+        given = PretrainSpec(name, 0, None, artifact=folder)
+        for task in suite.tasks:
+            for fraction in suite.fractions:
+                for seed in suite.seeds:
+                    transfer.append(TransferSpec(name, task, fraction, seed, given))
     return Plan(suite, tuple(pretrain.values()), tuple(transfer))

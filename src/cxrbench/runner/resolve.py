@@ -333,6 +333,7 @@ class _Resolver:
     force: bool
     problems: list[str] = field(default_factory=list)
     tasks: dict[tuple[str, float], TransferJob | None] = field(default_factory=dict)
+    given: dict[str, bool] = field(default_factory=dict)  # given encoder key → artifact found
 
     def pretrain(self, spec: PretrainSpec) -> Job | None:
         try:
@@ -351,18 +352,36 @@ class _Resolver:
 
     def transfer(self, spec: TransferSpec, ready: set[str]) -> Job | None:
         cfg = self._task(spec.task, spec.fraction)
-        if cfg is None or spec.pretrain.key not in ready:
+        if spec.pretrain.artifact is not None and spec.pretrain.key not in self.given:
+            self.given[spec.pretrain.key] = self._given(spec.pretrain)
+        if cfg is None or (
+            spec.pretrain.key not in ready and not self.given.get(spec.pretrain.key)
+        ):
             return None  # its problem is listed once
         run_dir = transfer_dir(self.suite, spec, self.out)
         if not self.force:  # --force deletes the folder before the run
             self._stored_hash(run_dir, cfg.config_hash, "transfer")
         kind = cfg.task.kind
         res = resources_for(self.suite, "transfer", kind)
-        encoder = pretrain_dir(self.suite, spec.pretrain, self.out) / "encoder"
+        if spec.pretrain.artifact is not None:
+            encoder = Path(spec.pretrain.artifact)
+        else:
+            encoder = pretrain_dir(self.suite, spec.pretrain, self.out) / "encoder"
         return Job("transfer", spec.key, self.suite.name, spec.method, spec.task, kind,
                    spec.fraction, spec.seed, spec.pretrain.seed, run_dir, cfg, cfg.config_hash,
                    res, spec.pretrain.key, encoder, self.data_root, self.cache_root,
                    self.command)  # fmt: skip
+
+    def _given(self, spec: PretrainSpec) -> bool:
+        """Whether a given encoder's folder holds an artifact (a problem is listed if not)."""
+        from cxrbench.models.artifact import read_meta
+
+        try:
+            read_meta(Path(str(spec.artifact)))
+        except CxrbenchError as err:
+            self.problems.append(f"encoders.{spec.method}: {err}")
+            return False
+        return True
 
     def _task(self, task: str, fraction: float) -> TransferJob | None:
         if (task, fraction) not in self.tasks:

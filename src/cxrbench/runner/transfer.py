@@ -112,12 +112,14 @@ def run_transfer(
     run_dir: Path,
     cache: FeatureCache,
     suite: str = "adhoc",
+    row: str | None = None,
 ) -> ResultRecord:
     """Run (or resume, or skip when done) one transfer job and return its result record.
 
     The system of the task's kind (``SYSTEMS``) builds the head and the loaders; everything else
     (identity, encoder, seeding, checkpoints, resume, the record) is the same for every kind.
-    One process at a time works in ``run_dir``."""
+    One process at a time works in ``run_dir``. ``row``: the record's method for an encoder the
+    suite names (``Suite.encoders``); by default the artifact's method."""
     if job.fraction is not None and not math.isclose(job.fraction, fraction):
         raise CxrbenchError(
             f"{job.task.name}: the protocol was resolved for fraction {job.fraction:g}, the run "
@@ -126,7 +128,7 @@ def run_transfer(
     run_dir = Path(run_dir)
     with exclusive(run_dir):  # a second process waits, then finds the result
         return _run_transfer(job, Path(artifact), Path(data_root), fraction, seed, run_dir,
-                             cache, suite)  # fmt: skip
+                             cache, suite, row)  # fmt: skip
 
 
 def _run_transfer(
@@ -138,6 +140,7 @@ def _run_transfer(
     run_dir: Path,
     cache: FeatureCache,
     suite: str,
+    row: str | None = None,
 ) -> ResultRecord:
     from cxrbench.runner.checkpoints import resume_point
     from cxrbench.systems import SYSTEMS, averaging
@@ -188,7 +191,7 @@ def _run_transfer(
     metrics = {**system.test_results, system_cls.monitor: selected}
     record = ResultRecord(
         suite=suite,
-        method=str(meta["method"]),
+        method=row or str(meta["method"]),
         task=job.task.name,
         task_version=job.task.version,
         fraction=fraction,
@@ -207,9 +210,20 @@ def _run_transfer(
         device=device_name(trainer.strategy.root_device),
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         predictions_sha256=predictions_sha256,
+        extra=_encoder_source(meta) if row else {},
     )
     write_record(result, record)  # last: the run's "finished" marker
     return record
+
+
+def _encoder_source(meta: dict[str, Any]) -> dict[str, Any]:
+    """Where a given encoder came from, for its table label: the imported checkpoint's format
+    and sha256 (``cxrbench import``), or the method that pre-trained it."""
+    imported = meta.get("extra", {}).get("imported")
+    if imported:
+        return {"encoder_source": {"imported": imported["format"],
+                                   "checkpoint_sha256": imported["source_sha256"]}}  # fmt: skip
+    return {"encoder_source": {"method": meta["method"]}}
 
 
 def _write_predictions(run_dir: Path, job: TransferJob, system: Any, ids: list[str]) -> str:
