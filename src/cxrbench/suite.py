@@ -90,11 +90,13 @@ class Suite:
         return [*self.methods, *self.encoders]
 
 
-def load_suite(path: Path) -> Suite:
-    """A suite file, validated (unknown keys, wrong types and unknown names name the file)."""
+def load_suite(path: Path, *, complete: bool = True) -> Suite:
+    """A suite file, validated (unknown keys, wrong types and unknown names name the file).
+    ``complete=False``: its rows may come from the command line (``methods: []`` with the
+    encoders given by ``--encoder``); the caller checks the merged suite."""
     layer = load_yaml(path)
     suite = normalized(build(Suite, [layer]), str(path))
-    check(suite, str(path))
+    check(suite, str(path), rows_later=not complete)
     return suite
 
 
@@ -108,8 +110,9 @@ def normalized(suite: Suite, source: str = "suite") -> Suite:
     return replace(suite, pretrain_seeds=[suite.pretrain_seed], pretrain_seed=None)
 
 
-def check(suite: Suite, source: str = "suite") -> None:
-    """Names, fractions, seeds and sections of ``suite`` (errors name ``source`` and the key)."""
+def check(suite: Suite, source: str = "suite", *, rows_later: bool = False) -> None:
+    """Names, fractions, seeds and sections of ``suite`` (errors name ``source`` and the key).
+    ``rows_later``: no methods nor encoders yet is fine (the command line adds them)."""
     from cxrbench.methods import METHODS
     from cxrbench.tasks import TASKS
 
@@ -117,8 +120,9 @@ def check(suite: Suite, source: str = "suite") -> None:
         ("methods", suite.methods, METHODS),
         ("tasks", suite.tasks, TASKS),
     ):
-        if not names and not (key == "methods" and suite.encoders):
-            raise ConfigError(source, key, "needs at least one entry")
+        if not names and not (key == "methods" and (suite.encoders or rows_later)):
+            rows = " (or an encoder to evaluate: --encoder NAME=DIR)" if key == "methods" else ""
+            raise ConfigError(source, key, f"needs at least one entry{rows}")
         for name in names:
             registry.get(name)  # did-you-mean error on a typo
     for name, folder in suite.encoders.items():

@@ -39,3 +39,19 @@ def test_bench_evaluates_an_imported_encoder_as_a_row(synth_tiny, tmp_path, caps
     assert "encoders.x: no encoder artifact" in capsys.readouterr().out
     assert main(["bench", *GRID, *dirs, "--encoder", f"convirt={enc}", "--dry-run"]) != 0
     assert "encoders.convirt" in capsys.readouterr().err
+
+
+def test_the_imported_suite_dry_runs_clean_with_given_encoders(tmp_path, capsys) -> None:
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
+    enc = tmp_path / "enc"
+    assert (
+        main(["import", "--from", "torchvision", str(tmp_path / "r18.pth"), "--out", str(enc)]) == 0
+    )
+    args = ["bench", "--suite", "benchmarks/imported.yaml", "--name", "imported", "--data-root",
+            str(tmp_path / "data"), "--out", str(tmp_path / "runs"), "--dry-run"]  # fmt: skip
+    assert main([*args, "--encoder", f"r18={enc}", "--executor", "slurm"]) == 0
+    out = capsys.readouterr().out
+    assert "pretrain: 0 jobs" in out and "transfer: 63 runs in 3 job arrays" in out
+    assert "given:r18 > segmentation: 18 to run" in out
+    assert main(args) != 0  # no encoder given: no rows
+    assert "'methods': needs at least one entry (or an encoder" in capsys.readouterr().err

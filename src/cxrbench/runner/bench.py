@@ -41,7 +41,7 @@ def suite_from_args(args: Any) -> Suite:
     made from flags, or a suite file whose grid or preset the flags change, is named after its
     grid (:func:`~cxrbench.suite.grid_name`) unless ``--name`` says otherwise: it never shares
     the suite file's folder. ``--pretrain-seed`` adds seeds to the same grid and keeps the name."""
-    suite = load_suite(Path(args.suite)) if args.suite else Suite()
+    suite = load_suite(Path(args.suite), complete=False) if args.suite else Suite()
     changes: dict[str, Any] = {}
     for flag, key in (*GRID_FLAGS, ("pretrain_seed", "pretrain_seeds")):
         values = getattr(args, flag, None)
