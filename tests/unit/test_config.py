@@ -99,6 +99,9 @@ def test_run_identities_survive_the_move_to_resolve() -> None:
     assert load_config("convirt", "tiny").config_hash == "ddab33471bdebe88"
     assert load_config("mgca", "small").config_hash == "250df4a8f2e8ec04"
     assert load_task("rsna_cls", "tiny", [], 1.0).config_hash == RSNA_TINY
+    # text.depth (added later): at its default the hash holds, set it is part of the identity
+    assert load_config("mgca", "small", ["text.depth=null"]).config_hash == "250df4a8f2e8ec04"
+    assert load_config("mgca", "small", ["text.depth=1"]).config_hash != "250df4a8f2e8ec04"
 
 
 def test_ema_is_a_decay_below_one_and_part_of_the_run_identity() -> None:

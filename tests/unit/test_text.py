@@ -312,10 +312,24 @@ def test_freeze_lower_layers(hand_dir: Path):
             assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
 
 
+def test_depth_keeps_the_first_layers_with_their_weights(hand_dir: Path):
+    """MGCA's text model: the pre-trained BERT loaded with fewer layers (its bert_config.json)."""
+    full = TextEncoder.from_pretrained(hand_dir, max_length=12)
+    cut = TextEncoder.from_pretrained(hand_dir, max_length=12, depth=2)
+    assert (full.num_layers, cut.num_layers) == (5, 2)
+    whole, first = full.model.state_dict(), cut.model.state_dict()
+    assert set(first) < set(whole) and not any(".layer.2." in k for k in first)
+    assert all(torch.equal(first[k], whole[k]) for k in first)
+    batch = full.tokenize(["no pneumothorax"])
+    hidden = full.model(**batch, output_hidden_states=True).hidden_states[2]
+    torch.testing.assert_close(cut.model(**batch).last_hidden_state, hidden)
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [({"freeze": 9}, "freeze"), ({"freeze": "some"}, "freeze"), ({"layers": "all"}, "layers"),
-     ({"max_length": 64}, "max_position_embeddings")],
+     ({"max_length": 64}, "max_position_embeddings"), ({"depth": 6}, "depth"),
+     ({"depth": 0}, "depth")],
 )  # fmt: skip
 def test_bad_options_are_errors(hand_dir: Path, options: dict, message: str):
     with pytest.raises(CxrbenchError, match=message):

@@ -50,6 +50,7 @@ class TextSpec:
     layers: str = "last"  # "last" or "last4_sum" (GLoRIA)
     dropout: float | None = None  # override every dropout rate of the text model (None: its own)
     padding: str = "longest"  # "longest" in the batch (same features, less compute) or "max_length"
+    depth: int | None = None  # keep the first N transformer layers (MGCA: 6 of Bio_ClinicalBERT's)
 
 
 @dataclass

@@ -244,18 +244,32 @@ class TextEncoder(nn.Module):
         word_reduce: str = "sum",
         trust_remote_code: bool = False,
         attn_implementation: str | None = None,
+        depth: int | None = None,
     ) -> Self:
         """Load model and tokenizer from a local HF folder (never the network).
 
         ``trust_remote_code`` is needed for models shipping their own code (CXR-BERT);
-        ``attn_implementation`` (e.g. ``"eager"``) is passed to ``AutoModel``.
+        ``attn_implementation`` (e.g. ``"eager"``) is passed to ``AutoModel``. ``depth`` keeps
+        only the first ``depth`` transformer layers with their pre-trained weights (MGCA's text
+        model is Bio_ClinicalBERT loaded with a 6-layer config, ``configs/bert_config.json``).
         """
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         path = check_model_dir(path)
         extra: dict[str, Any] = {}
         if attn_implementation is not None:
             extra["attn_implementation"] = attn_implementation
+        if depth is not None:
+            config = AutoConfig.from_pretrained(
+                str(path), local_files_only=True, trust_remote_code=trust_remote_code
+            )
+            full = int(config.num_hidden_layers)
+            if isinstance(depth, bool) or not 1 <= depth <= full:
+                raise CxrbenchError(
+                    f"{path}: text depth must be a layer count in 1..{full}, got {depth!r}"
+                )
+            config.num_hidden_layers = depth
+            extra["config"] = config
         try:
             model = AutoModel.from_pretrained(
                 str(path), local_files_only=True, trust_remote_code=trust_remote_code, **extra

@@ -64,8 +64,9 @@ def build_method(job: PretrainJob, text_path: Path | None) -> PretrainMethod:
 
         freeze: str | int = int(cfg.text.freeze) if cfg.text.freeze.isdigit() else cfg.text.freeze
         text = TextEncoder.from_pretrained(
-            text_path, freeze=freeze, max_length=cfg.text.max_length, layers=cfg.text.layers
-        )
+            text_path, freeze=freeze, max_length=cfg.text.max_length, layers=cfg.text.layers,
+            depth=cfg.text.depth,
+        )  # fmt: skip
         text.padding = cfg.text.padding
         if getattr(text.model, "pooler", None) is not None:
             text.model.pooler = None  # type: ignore[assignment]  # unused (we take [CLS]); unused parameters break DDP

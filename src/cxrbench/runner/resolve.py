@@ -59,6 +59,9 @@ PRETRAIN_NON_RESULT_KEYS = (
     "trainer.log_every",
     "trainer.checkpoint_every",
 )
+#: pre-training keys added after encoders existed, with their defaults: left out of the hash
+#: at the default, so earlier encoders keep their identity
+PRETRAIN_KEYS_ADDED = (("text", "depth", None),)
 #: ``train.*`` keys added after results existed, with their defaults (off or as before): a
 #: config at the default leaves the key out of its hash, so earlier runs keep their identity
 TRAIN_KEYS_ADDED = (
@@ -141,6 +144,9 @@ def load_config(
 
 def _pretrain_hash(cfg: PretrainConfig) -> str:
     plain = without_keys(to_plain(cfg), PRETRAIN_NON_RESULT_KEYS)
+    for section, key, default in PRETRAIN_KEYS_ADDED:
+        if plain[section][key] == default:
+            del plain[section][key]  # at its default: the hashes of earlier encoders hold
     # trainer.channels_last was removed (read by nothing); hashed at its old default, so the
     # runs made before keep their identity (the paper preset, which set it, changes hash)
     plain["trainer"]["channels_last"] = False
