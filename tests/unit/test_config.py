@@ -126,3 +126,25 @@ def test_transfer_validation_interval_reaches_the_trainer(tmp_path) -> None:
     assert load_task("rsna_cls", "tiny", ["train.val_every=1"], 1.0).config_hash == RSNA_TINY
     with pytest.raises(ConfigError, match=r"train\.val_every"):
         load_task("siim_seg", "tiny", ["train.val_every=0"], 1.0)
+
+
+def test_official_recipe_layers_the_method_yaml_section_over_the_preset() -> None:
+    from cxrbench.runner.resolve import load_config
+
+    unified = load_config("mgca", "paper", ["text.model=/m"])
+    official = load_config("mgca", "paper", ["text.model=/m", "recipe=official"])
+    assert (unified.cfg.text.depth, unified.cfg.optim.grad_clip) == (None, 1.0)
+    assert (official.cfg.text.depth, official.cfg.optim.grad_clip) == (6, None)
+    assert (
+        official.cfg.trainer.precision == "32-true" and official.config_hash != unified.config_hash
+    )
+    assert official.cfg.optim.lr == unified.cfg.optim.lr  # what the protocol already shares
+    # --set still comes last
+    assert load_config("mgca", "paper", ["text.model=/m", "recipe=official",
+                                         "text.depth=4"]).cfg.text.depth == 4  # fmt: skip
+    gloria = load_config("gloria", "paper", ["text.model=/m", "recipe=official"])
+    assert gloria.params.sentence_sampling and gloria.cfg.data.batch_size == 48
+    with pytest.raises(ConfigError, match="no official: section"):
+        load_config("convirt", "small", ["recipe=official"])
+    with pytest.raises(ConfigError, match="one of unified, official"):
+        load_config("mgca", "small", ["recipe=paper"])

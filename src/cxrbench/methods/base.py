@@ -94,6 +94,9 @@ class PretrainConfig:
 
     method: str = MISSING
     seed: int = 0
+    #: "unified": the preset's protocol, the same for every method; "official": the method YAML's
+    #: ``official:`` section on top (its paper's recipe where the protocol differs, docs/methods.md)
+    recipe: str = "unified"
     backbone: BackboneSpec = field(default_factory=BackboneSpec)
     text: TextSpec = field(default_factory=TextSpec)
     optim: OptimSpec = field(default_factory=OptimSpec)

@@ -61,7 +61,8 @@ PRETRAIN_NON_RESULT_KEYS = (
 )
 #: pre-training keys added after encoders existed, with their defaults: left out of the hash
 #: at the default, so earlier encoders keep their identity
-PRETRAIN_KEYS_ADDED = (("text", "depth", None),)
+PRETRAIN_KEYS_ADDED = (("text", "depth", None), ("", "recipe", "unified"))
+RECIPES = ("unified", "official")
 #: ``train.*`` keys added after results existed, with their defaults (off or as before): a
 #: config at the default leaves the key out of its hash, so earlier runs keep their identity
 TRAIN_KEYS_ADDED = (
@@ -119,9 +120,11 @@ def load_config(
 ) -> PretrainJob:
     """Validate the layered config of ``method`` under ``preset`` (errors name file and key)."""
     cls = METHODS.get(method)
+    method_layer = load_yaml(packaged_config("method", method))
+    official = method_layer.values.pop("official", None)
     layers = [
         Layer("<defaults>", OmegaConf.create({"method": method})),
-        load_yaml(packaged_config("method", method)),
+        method_layer,
         preset_section(preset, "pretrain"),
         parse_overrides(overrides or []),
     ]
@@ -131,6 +134,16 @@ def load_config(
         if "method" in layer.values and layer.values["method"] != method:
             raise ConfigError(layer.source, "method", "cannot change the method to another one")
     cfg = build(PretrainConfig, layers)
+    if cfg.recipe not in RECIPES:
+        given = next(x.source for x in reversed(layers) if "recipe" in x.values)
+        raise ConfigError(given, "recipe", f"one of {', '.join(RECIPES)}, got {cfg.recipe!r}")
+    if cfg.recipe == "official":
+        if official is None:
+            msg = f"method {method!r} has no official: section (docs/methods.md says why)"
+            raise ConfigError(method_layer.source, "official", msg)
+        # after the preset, before --set: the paper's values where the protocol differs
+        layers.insert(3, Layer(f"{method_layer.source} (official:)", official))
+        cfg = build(PretrainConfig, layers)
     check_ranges(cfg, layers)
     if cfg.text.padding not in ("longest", "max_length"):
         source = next((x.source for x in reversed(layers) if "padding" in x.values.get("text", {})),
@@ -145,8 +158,9 @@ def load_config(
 def _pretrain_hash(cfg: PretrainConfig) -> str:
     plain = without_keys(to_plain(cfg), PRETRAIN_NON_RESULT_KEYS)
     for section, key, default in PRETRAIN_KEYS_ADDED:
-        if plain[section][key] == default:
-            del plain[section][key]  # at its default: the hashes of earlier encoders hold
+        where = plain[section] if section else plain
+        if where[key] == default:
+            del where[key]  # at its default: the hashes of earlier encoders hold
     # trainer.channels_last was removed (read by nothing); hashed at its old default, so the
     # runs made before keep their identity (the paper preset, which set it, changes hash)
     plain["trainer"]["channels_last"] = False
