@@ -220,6 +220,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     report = import_checkpoint(
         args.format, Path(args.checkpoint), Path(args.out), backbone=args.backbone,
         ignore=tuple(args.ignore or ()), image_size=args.image_size,
+        normalization=args.normalization,
     )  # fmt: skip
     for line in report.lines():
         _emit(line)
@@ -359,6 +360,11 @@ def _add_pretrain(sub: Any) -> None:
     i.add_argument("--ignore", action="append", metavar="PREFIX", help=ignore_help)
     size_help = "input size recorded in the artifact (default: the format's, 224)"
     i.add_argument("--image-size", type=int, default=None, help=size_help)
+    norm_help = (
+        "input statistics the weights expect, instead of the format's: half (mean / std 0.5) "
+        "or imagenet"
+    )
+    i.add_argument("--normalization", default=None, help=norm_help)
     i.set_defaults(func=cmd_import)
 
 

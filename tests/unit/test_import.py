@@ -236,3 +236,31 @@ def test_cli_import_prints_the_report(mgca_ckpt, tmp_path, capsys) -> None:
     assert read_meta(tmp_path / "enc")["backbone"] == "resnet50"
     assert main(["import", "--from", "mgcaa", str(path), "--out", str(tmp_path / "x")]) != 0
     assert "Did you mean 'mgca'" in capsys.readouterr().err
+
+
+def test_an_encoders_own_normalisation_is_applied_inside_the_backbone(tmp_path) -> None:
+    """Tasks feed (u − 0.5) / 0.5; an artifact trained on ImageNet statistics sees its own."""
+    from cxrbench.models.artifact import feature_identity
+
+    torch.manual_seed(2)
+    r18 = torchvision.models.resnet18(weights=None).eval()
+    torch.save(r18.state_dict(), tmp_path / "r18.pth")
+    report = import_checkpoint(
+        "torchvision", tmp_path / "r18.pth", tmp_path / "enc", normalization="imagenet"
+    )
+    assert report.normalization["std"] == [0.229, 0.224, 0.225]
+    backbone, meta = load_encoder(tmp_path / "enc")
+    assert not any("_input" in k for k in backbone.state_dict())  # weights as imported
+    assert feature_identity(meta) != meta["sha256"]  # caches tell the two inputs apart
+    u = torch.rand(2, 3, 64, 64)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        ours = backbone.eval()((u - 0.5) / 0.5).pooled
+        reference = nn.Sequential(*list(r18.children())[:-1])((u - mean) / std).flatten(1)
+    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-5)
+    import_checkpoint("torchvision", tmp_path / "r18.pth", tmp_path / "half")
+    _, half = load_encoder(tmp_path / "half")
+    assert feature_identity(half) == half["sha256"]
+    with pytest.raises(CheckpointImportError, match="unknown normalisation 'clip'"):
+        import_checkpoint("torchvision", tmp_path / "r18.pth", tmp_path / "x", normalization="clip")

@@ -59,15 +59,10 @@ class Layout:
     ignore: tuple[Ignore, ...] = ()
     image_size: int = 224
     options: dict[str, Any] = field(default_factory=dict)  # build_backbone options
+    # the input statistics the official code trains with (the artifact records them and the
+    # backbone applies them: models/backbones.py, set_input_normalization)
     normalization: dict[str, list[float]] = field(default_factory=lambda: dict(NORMALIZATION))
     source: str = ""  # the official definition the map was written from
-
-    def __post_init__(self) -> None:
-        if self.normalization != NORMALIZATION:  # every task normalises as NORMALIZATION today
-            raise ValueError(
-                f"layout of {self.backbone}: normalisation {self.normalization} is not the "
-                f"pipeline's {NORMALIZATION}; tasks cannot apply another one yet"
-            )
 
 
 @dataclass(frozen=True)
@@ -102,6 +97,11 @@ class ImportFormat:
 
 
 FORMATS: Registry[ImportFormat] = Registry("import format", "cxrbench.importers")
+#: ``--normalization`` names: the pipeline's (MGCA's, GLoRIA's ``half``) and torchvision's ImageNet
+NORMALIZATIONS: dict[str, dict[str, list[float]]] = {
+    "half": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
+    "imagenet": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+}
 
 
 def register(fmt: ImportFormat) -> ImportFormat:
@@ -160,6 +160,7 @@ class Report:
     keys_expected: int
     keys_loaded: int
     ignored: dict[str, int]
+    normalization: dict[str, list[float]]
 
     def lines(self) -> list[str]:
         out = [
@@ -168,6 +169,8 @@ class Report:
             f"keys in the checkpoint ({self.container})",
         ]
         out += [f"  ignored by rule '{name}': {n} keys" for name, n in self.ignored.items()]
+        norm = self.normalization
+        out.append(f"  input normalisation: mean {norm['mean']}, std {norm['std']}")
         out.append(f"  checkpoint sha256 {self.source_sha256}")
         return out
 
@@ -234,10 +237,15 @@ def import_checkpoint(
     backbone: str | None = None,
     ignore: tuple[str, ...] = (),
     image_size: int | None = None,
+    normalization: str | None = None,
 ) -> Report:
-    """Import ``checkpoint`` of format ``fmt`` into the encoder artifact folder ``out``."""
+    """Import ``checkpoint`` of format ``fmt`` into the encoder artifact folder ``out``.
+    ``normalization``: a name of :data:`NORMALIZATIONS` instead of the format's statistics."""
     checkpoint = Path(checkpoint)
     spec = FORMATS.get(fmt)
+    if normalization is not None and normalization not in NORMALIZATIONS:
+        known = ", ".join(NORMALIZATIONS)
+        raise CheckpointImportError(f"unknown normalisation {normalization!r}; one of {known}")
     state, container = read_checkpoint(checkpoint)
     layout = spec.layout(state, backbone, checkpoint)
     module = build_backbone(
@@ -250,13 +258,14 @@ def import_checkpoint(
     with torch.no_grad():
         module.load_state_dict(weights, strict=True)
     digest = sha256_file(checkpoint)
+    norm = NORMALIZATIONS[normalization] if normalization else layout.normalization
     report = Report(
         format=fmt, backbone=layout.backbone, source=str(checkpoint), source_sha256=digest,
         container=container, keys_in_checkpoint=len(state), keys_expected=len(module.state_dict()),
-        keys_loaded=len(weights), ignored=dict(ignored),
+        keys_loaded=len(weights), ignored=dict(ignored), normalization=dict(norm),
     )  # fmt: skip
     export_encoder(
         module, Path(out), method=f"import:{fmt}", config_hash=digest[:16],
-        extra={"imported": report.record(), "layout_source": layout.source},
+        extra={"imported": report.record(), "layout_source": layout.source}, normalization=norm,
     )  # fmt: skip
     return report

@@ -61,10 +61,13 @@ def export_encoder(
     method: str,
     config_hash: str,
     extra: dict[str, Any] | None = None,
+    normalization: dict[str, list[float]] | None = None,
 ) -> Path:
     """Write ``backbone`` as an encoder artifact into ``out_dir`` (created if needed).
 
     Returns ``out_dir``. ``extra`` must be JSON-serialisable (pre-train seed, wall time, ...).
+    ``normalization``: the input statistics the weights were trained with (default: the
+    pipeline's :data:`NORMALIZATION`); :func:`load_encoder` applies them inside the backbone.
     """
     out_dir = Path(out_dir)
     state = {k: v.detach().to("cpu").contiguous() for k, v in backbone.state_dict().items()}
@@ -77,7 +80,7 @@ def export_encoder(
         "feature_dims": dict(backbone.feature_dims),
         "strides": dict(backbone.strides),
         "token_grid": list(backbone.token_grid),
-        "normalization": {k: list(v) for k, v in NORMALIZATION.items()},
+        "normalization": {k: list(v) for k, v in (normalization or NORMALIZATION).items()},
         "input_size": backbone.input_size,
         "method": method,
         "config_hash": config_hash,
@@ -121,6 +124,17 @@ def read_meta(out_dir: Path) -> dict[str, Any]:
     return meta
 
 
+def feature_identity(meta: dict[str, Any]) -> str:
+    """What features from this artifact depend on, for caches: the weights' sha256, and the
+    input normalisation when it is not the pipeline's (the same weights, other statistics)."""
+    norm = meta.get("normalization")
+    if not norm or (list(norm.get("mean", [])), list(norm.get("std", []))) == (
+        NORMALIZATION["mean"], NORMALIZATION["std"]
+    ):  # fmt: skip
+        return str(meta["sha256"])
+    return f"{meta['sha256']}+norm{norm['mean']}{norm['std']}"
+
+
 def encoder_sha256(out_dir: Path) -> str:
     """The recorded sha256 of ``encoder.safetensors``, the artifact's identity (not re-hashed)."""
     return str(read_meta(out_dir)["sha256"])
@@ -155,6 +169,13 @@ def load_encoder(out_dir: Path, *, verify: bool = True) -> tuple[Backbone, dict[
     elif not weights.is_file():
         raise ArtifactError(f"{weights} is missing although {out_dir / META_FILE} exists")
     backbone = _rebuild(out_dir / META_FILE, meta)
+    norm = meta["normalization"]
+    if not isinstance(norm, dict) or not {"mean", "std"} <= norm.keys():
+        raise ArtifactError(f"{out_dir / META_FILE}: key 'normalization' needs 'mean' and 'std'")
+    try:
+        backbone.set_input_normalization(list(norm["mean"]), list(norm["std"]))
+    except CxrbenchError as err:
+        raise ArtifactError(f"{out_dir / META_FILE}: key 'normalization': {err}") from err
     state = read_safetensors(weights, "cannot read the encoder weights")
     try:
         with torch.no_grad():

@@ -88,9 +88,35 @@ class Backbone(nn.Module):
         self.strides: dict[str, int] = {}
         self.token_grid: tuple[int, int] = (0, 0)
         self._frozen = False
+        # set by set_input_normalization; not part of the state dict (the artifact records it)
+        self.register_buffer("_input_scale", None, persistent=False)
+        self.register_buffer("_input_shift", None, persistent=False)
 
     def forward(self, x: Tensor) -> Features:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def set_input_normalization(self, mean: list[float], std: list[float]) -> None:
+        """Every task normalises images as :data:`NORMALIZATION`; an encoder trained with other
+        statistics (an imported checkpoint's) gets its own back exactly, as the first step of
+        :meth:`forward`: ``x' = x·(s_p / s) + (m_p − m) / s``, where ``x = (u − m_p) / s_p``."""
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise CxrbenchError(
+                f"normalisation needs 3 means and 3 positive stds, got {mean}, {std}"
+            )
+        base_m, base_s = NORMALIZATION["mean"], NORMALIZATION["std"]
+        if list(mean) == base_m and list(std) == base_s:
+            self._input_scale = self._input_shift = None
+            return
+        scale = [b / s for b, s in zip(base_s, std, strict=True)]
+        shift = [(b - m) / s for b, m, s in zip(base_m, mean, std, strict=True)]
+        self._input_scale = torch.tensor(scale).view(1, 3, 1, 1)
+        self._input_shift = torch.tensor(shift).view(1, 3, 1, 1)
+
+    def _normalized(self, x: Tensor) -> Tensor:
+        scale, shift = self._input_scale, self._input_shift
+        if scale is None or shift is None:
+            return x
+        return x * scale.to(x.dtype) + shift.to(x.dtype)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters that still require gradients (empty after :func:`freeze`)."""
@@ -158,6 +184,7 @@ class ResNetBackbone(Backbone):
 
     def forward(self, x: Tensor) -> Features:
         """One pass through the trunk; every map is an intermediate of that pass."""
+        x = self._normalized(x)
         if self.upsample_to is not None:
             size = (self.upsample_to, self.upsample_to)
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=True)
@@ -228,7 +255,7 @@ class ViTBackbone(Backbone):
         """Patchify, prepend [CLS], run the encoder, then build the parameter-free pyramid."""
         if x.shape[-2:] != (self.input_size, self.input_size):
             raise ValueError(f"{self.name} takes {self.input_size}px, got {list(x.shape[2:])}")
-        x = self.conv_proj(x)
+        x = self.conv_proj(self._normalized(x))
         b, d, h, w = x.shape
         x = x.flatten(2).transpose(1, 2)
         x = self.encoder(torch.cat([self.class_token.expand(b, -1, -1), x], dim=1))

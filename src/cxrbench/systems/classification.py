@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from cxrbench.data.features import FeatureCache, feature_key, files_stamp
+from cxrbench.models.artifact import feature_identity
 from cxrbench.systems import SYSTEMS
 from cxrbench.systems.base import Prepared, TransferSystem, loader
 from cxrbench.tasks.base import Items, Task, TaskConfig, TaskData, probe_mode
@@ -97,7 +98,8 @@ class ClassificationSystem(TransferSystem):
         cache: FeatureCache,
     ) -> Prepared:
         cached = not cfg.probe.augment and not cfg.probe.finetune
-        feats = cached_features(task, cfg, data, encoder, meta["sha256"], cache) if cached else None
+        identity = feature_identity(meta)
+        feats = cached_features(task, cfg, data, encoder, identity, cache) if cached else None
         head = nn.Linear(meta["feature_dims"]["pooled"], len(data.classes))
         system = cls(
             head, cfg, data.label_kind, task.metric, data.classes, None if cached else encoder
