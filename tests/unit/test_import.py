@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -264,3 +265,27 @@ def test_an_encoders_own_normalisation_is_applied_inside_the_backbone(tmp_path) 
     assert feature_identity(half) == half["sha256"]
     with pytest.raises(CheckpointImportError, match="unknown normalisation 'clip'"):
         import_checkpoint("torchvision", tmp_path / "r18.pth", tmp_path / "x", normalization="clip")
+
+
+def test_mrm_and_timm_layouts_cover_the_vit_and_name_what_they_leave_out() -> None:
+    """MRM's checkpoint (model_mrm.py): the timm encoder at the top level beside an MAE image
+    decoder and a BERT report decoder; on meta tensors, at full size."""
+    with torch.device("meta"):
+        encoder = _TimmViT(224, 768, 12, 12)
+        backbone = build_backbone("vit_b16", image_size=224)
+    state = dict(encoder.state_dict())
+    extra = {"decoder_embed.weight": (768, 768), "decoder_blocks.0.attn.qkv.weight": (2304, 768),
+             "decoder_norm.weight": (768,), "decoder_pred.weight": (3072, 768),
+             "mask_token": (1, 1, 768), "decoder_pos_embed": (1, 197, 768),
+             "bert_encoder.model.embeddings.word_embeddings.weight": (30, 384),
+             "bert_mlp.weight": (384, 768)}  # fmt: skip
+    state |= {k: torch.empty(shape, device="meta") for k, shape in extra.items()}
+    mrm = FORMATS.get("mrm").layout(state, None, Path("mrm.pth"))
+    weights, ignored = map_state(state, mrm, backbone, ())
+    assert set(weights) == set(backbone.state_dict())
+    assert ignored == {"image decoder (MAE)": 6, "report decoder (BERT)": 2}
+    assert mrm.normalization == {"mean": [0.4978] * 3, "std": [0.2449] * 3}
+    timm = FORMATS.get("timm").layout(state, None, Path("mrm.pth"))
+    with pytest.raises(CheckpointImportError, match=r"neither mapped nor ignored.*bert_encoder"):
+        map_state(state, timm, backbone, ())
+    assert timm.normalization["std"] == [0.229, 0.224, 0.225]

@@ -112,7 +112,8 @@ def register(fmt: ImportFormat) -> ImportFormat:
 CONVERT_HINT = (
     "convert it in your own environment, where you trust the file and have the classes it needs: "
     "python -c \"import torch; c = torch.load('{path}', map_location='cpu', weights_only=False); "
-    "torch.save(c.get('state_dict', c), 'state_dict.pt')\" and import state_dict.pt"
+    "torch.save(c.get('state_dict', c.get('model', c)), 'state_dict.pt')\" and import "
+    "state_dict.pt"
 )
 
 
