@@ -220,7 +220,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     report = import_checkpoint(
         args.format, Path(args.checkpoint), Path(args.out), backbone=args.backbone,
         ignore=tuple(args.ignore or ()), image_size=args.image_size,
-        normalization=args.normalization,
+        normalization=args.normalization, prefix=args.prefix,
     )  # fmt: skip
     for line in report.lines():
         _emit(line)
@@ -365,6 +365,11 @@ def _add_pretrain(sub: Any) -> None:
         "or imagenet"
     )
     i.add_argument("--normalization", default=None, help=norm_help)
+    prefix_help = (
+        "the image encoder's keys are those under PREFIX, in the format's layout (a BenchX "
+        "checkpoint: --from torchvision --prefix cnn.model.)"
+    )
+    i.add_argument("--prefix", default=None, help=prefix_help)
     i.set_defaults(func=cmd_import)
 
 

@@ -289,3 +289,20 @@ def test_mrm_and_timm_layouts_cover_the_vit_and_name_what_they_leave_out() -> No
     with pytest.raises(CheckpointImportError, match=r"neither mapped nor ignored.*bert_encoder"):
         map_state(state, timm, backbone, ())
     assert timm.normalization["std"] == [0.229, 0.224, 0.225]
+
+
+def test_prefix_selects_the_encoder_of_a_larger_checkpoint(tmp_path) -> None:
+    """BenchX's re-trained checkpoints keep the image encoder under a prefix (``cnn.model.``)."""
+    torch.manual_seed(3)
+    r18 = torchvision.models.resnet18(weights=None)
+    state = {f"cnn.model.{k}": v for k, v in r18.state_dict().items()}
+    state |= {"text.embeddings.weight": torch.zeros(3, 2), "proj.weight": torch.zeros(2, 2)}
+    torch.save({"state_dict": state}, tmp_path / "benchx.ckpt")
+    report = import_checkpoint(
+        "torchvision", tmp_path / "benchx.ckpt", tmp_path / "enc", prefix="cnn.model."
+    )
+    assert report.keys_loaded == report.keys_expected == len(r18.state_dict()) - 2
+    assert report.ignored == {"outside --prefix cnn.model.": 2, "classifier head": 2}
+    assert report.keys_in_checkpoint == len(state)
+    with pytest.raises(CheckpointImportError, match="no key starts with 'model.'"):
+        import_checkpoint("torchvision", tmp_path / "benchx.ckpt", tmp_path / "x", prefix="model.")

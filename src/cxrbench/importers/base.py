@@ -239,15 +239,30 @@ def import_checkpoint(
     ignore: tuple[str, ...] = (),
     image_size: int | None = None,
     normalization: str | None = None,
+    prefix: str | None = None,
 ) -> Report:
     """Import ``checkpoint`` of format ``fmt`` into the encoder artifact folder ``out``.
-    ``normalization``: a name of :data:`NORMALIZATIONS` instead of the format's statistics."""
+    ``normalization``: a name of :data:`NORMALIZATIONS` instead of the format's statistics.
+    ``prefix``: the encoder's keys are those under ``prefix`` (stripped), as the format lays
+    them out; every other key is counted as outside it (e.g. a BenchX re-trained checkpoint,
+    whose image encoder lives under ``cnn.model.``, imported as ``torchvision``)."""
     checkpoint = Path(checkpoint)
     spec = FORMATS.get(fmt)
     if normalization is not None and normalization not in NORMALIZATIONS:
         known = ", ".join(NORMALIZATIONS)
         raise CheckpointImportError(f"unknown normalisation {normalization!r}; one of {known}")
     state, container = read_checkpoint(checkpoint)
+    outside = 0
+    if prefix:
+        inside = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        if not inside:
+            first = ", ".join(list(state)[:5])
+            raise CheckpointImportError(
+                f"{checkpoint}: no key starts with {prefix!r} (first: {first})"
+            )
+        outside, keys_in_file, state = len(state) - len(inside), len(state), inside
+    else:
+        keys_in_file = len(state)
     layout = spec.layout(state, backbone, checkpoint)
     module = build_backbone(
         layout.backbone, image_size=image_size or layout.image_size, **layout.options
@@ -262,8 +277,10 @@ def import_checkpoint(
     norm = NORMALIZATIONS[normalization] if normalization else layout.normalization
     report = Report(
         format=fmt, backbone=layout.backbone, source=str(checkpoint), source_sha256=digest,
-        container=container, keys_in_checkpoint=len(state), keys_expected=len(module.state_dict()),
-        keys_loaded=len(weights), ignored=dict(ignored), normalization=dict(norm),
+        container=container, keys_in_checkpoint=keys_in_file,
+        keys_expected=len(module.state_dict()), keys_loaded=len(weights),
+        ignored={**({f"outside --prefix {prefix}": outside} if outside else {}), **ignored},
+        normalization=dict(norm),
     )  # fmt: skip
     export_encoder(
         module, Path(out), method=f"import:{fmt}", config_hash=digest[:16],
