@@ -304,5 +304,5 @@ def test_prefix_selects_the_encoder_of_a_larger_checkpoint(tmp_path) -> None:
     assert report.keys_loaded == report.keys_expected == len(r18.state_dict()) - 2
     assert report.ignored == {"outside --prefix cnn.model.": 2, "classifier head": 2}
     assert report.keys_in_checkpoint == len(state)
-    with pytest.raises(CheckpointImportError, match="no key starts with 'model.'"):
+    with pytest.raises(CheckpointImportError, match=r"no key starts with 'model\.'"):
         import_checkpoint("torchvision", tmp_path / "benchx.ckpt", tmp_path / "x", prefix="model.")
