@@ -28,6 +28,7 @@ from cxrbench.systems.detection import (
     DetectionSystem,
     detection_params,
     scale_boxes,
+    selection_score,
 )
 from cxrbench.tasks.base import (
     ImageSpec,
@@ -278,6 +279,19 @@ def test_task_batches_on_synth_tiny(synth_tiny, tmp_path, name: str) -> None:
     assert (every[:, 2] > every[:, 0]).all() and (every[:, 3] > every[:, 1]).all()
 
 
+def test_selection_ranks_any_detection_above_none_and_breaks_zero_ties_on_val_loss() -> None:
+    """A run whose val mAP is still 0 (nothing above confidence 0.5) keeps improving while its val
+    loss falls, so early stopping does not end it on a plateau of zeros; a positive mAP wins."""
+    history = [(0.0, 2.60), (0.0, 2.23), (0.0, 2.17), (0.0, 2.21), (0.004, 2.90), (0.02, 3.4)]
+    scores = [selection_score(m, loss) for m, loss in history]
+    assert scores[1] > scores[0] and scores[2] > scores[1] and scores[3] < scores[2]
+    assert scores[4] > max(scores[:4]) and scores[5] > scores[4]
+    assert all(-1.0 < s <= 0.0 for s in scores[:4])
+    assert selection_score(0.3, 0.1) == 0.3  # with detections it is val mAP itself
+    assert selection_score(0.0, 0.0) == 0.0 and selection_score(0.0, float("nan")) == -1.0
+    assert selection_score(1e-6, 50.0) > selection_score(0.0, 0.0)
+
+
 def test_run_transfer_objectcxr_det_end_to_end(synth_tiny, tmp_path) -> None:
     from cxrbench.models.artifact import export_encoder
     from cxrbench.report.store import read_record
@@ -298,7 +312,17 @@ def test_run_transfer_objectcxr_det_end_to_end(synth_tiny, tmp_path) -> None:
     assert stored.metric == "test/map" and stored.task == "objectcxr_det"
     for key in ("test/map", "test/map_mgca", "test/map50"):
         assert 0.0 <= stored.metrics[key] <= 1.0
-    assert record.metrics == stored.metrics and "val/map" in stored.metrics
+    assert record.metrics == stored.metrics and "val/select" in stored.metrics
+    # what selection followed is the rule applied to the logged val mAP and loss
+    import csv
+
+    (log,) = (tmp_path / "run" / "logs").rglob("metrics.csv")
+    vals = [r for r in csv.DictReader(log.open()) if r.get("val/select")]
+    assert vals, "no validation logged val/select"
+    for row in vals:
+        assert float(row["val/select"]) == pytest.approx(
+            selection_score(float(row["val/map"]), float(row["val/loss"])), abs=1e-6
+        )
     preds = read_predictions(tmp_path / "run" / "predictions.npz", stored.predictions_sha256)
     recomputed = preds.metrics()  # every mAP variant, from the kept boxes and scores per image
     assert recomputed == {k: stored.metrics[k] for k in ("test/map", "test/map_mgca", "test/map50")}

@@ -4,8 +4,9 @@ The mgca protocol (PROTOCOLS.md §1, MGCA's ``ssl_detector.py``): a YOLOv3 head 
 ``models/yolo.py``) on the frozen encoder's C3/C4/C5; images resized directly (no padding) to a
 square of ``cfg.image.crop`` (paper: 224), normalised mean 0.5 / std 0.5 on 3 replicated channels;
 AdamW lr 5e-4, wd 1e-6, batch 16 (1%: lr 2e-4 RSNA / 2.5e-4 Object-CXR, batch 8), at most 50
-epochs, early stopping and checkpoint selection on ``val/map``; detections kept at confidence
-≥ 0.5 after NMS at IoU 0.5; mAP@[0.40:0.05:0.75] (``metrics/detection.py``). One foreground class.
+epochs, early stopping and checkpoint selection on val mAP (``val/select``, below); detections
+kept at confidence ≥ 0.5 after NMS at IoU 0.5; mAP@[0.40:0.05:0.75] (``metrics/detection.py``).
+One foreground class.
 
 The detectors themselves (``yolov3``; ``faster_rcnn``, not in MGCA), their references and their
 deviations live in ``models/detectors.py``; this module holds the data, the parameters and the
@@ -26,7 +27,14 @@ false, MGCA has none): horizontal flip (p 0.5, boxes mirrored) and brightness/co
 
 Deviations from MGCA, all deliberate (those of the detectors: ``models/detectors.py``):
 
-- ``val/map`` (early stopping) is over all val images; MGCA scored only GT-positive images and
+- Selection follows ``val/select``: ``val/map`` while it is above 0, and ``-loss / (1 + loss)``
+  (in (-1, 0], lower val loss is better) while no detection passes the confidence threshold. A
+  head on a weak encoder starts below confidence 0.5 everywhere, so val mAP sits at exactly 0
+  for several validations while the val loss still falls; early stopping on mAP alone ended such
+  runs on that plateau of zeros and tested them at 0 (synth-small: random init on RSNA at 100%,
+  M-FLAG on RSNA at 10%, every seed). Any positive mAP ranks above every zero, so for runs that
+  detect something the rule is MGCA's. Task versions 2 (``rsna_det``, ``objectcxr_det``).
+- ``val/map`` (selection) is over all val images; MGCA scored only GT-positive images and
   skipped images without a kept prediction. The test records ``test/map`` (all images),
   ``test/map_mgca`` (GT-positive ones, MGCA's selection) and ``test/map50``.
 - Boxes are scaled into new arrays: the records are never mutated (MGCA scaled its stored box
@@ -37,6 +45,7 @@ Deviations from MGCA, all deliberate (those of the detectors: ``models/detectors
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import fields
 from typing import Any, Protocol
@@ -190,9 +199,21 @@ def _boxes_of(task: Task) -> BoxesOf:
     return method
 
 
+def selection_score(val_map: float, val_loss: float) -> float:
+    """What early stopping and the best checkpoint maximise: ``val_map`` when it is above 0, else
+    ``-val_loss / (1 + val_loss)`` (in (-1, 0]): every positive mAP outranks every zero, and
+    among validations with no kept detection the lower val loss wins."""
+    if not math.isfinite(val_loss):
+        return -1.0
+    if val_map > 0.0:
+        return float(val_map)
+    loss = max(val_loss, 0.0)
+    return -loss / (1.0 + loss)
+
+
 @SYSTEMS.register("detection")
 class DetectionSystem(TransferSystem):
-    monitor = "val/map"
+    monitor = "val/select"  # val mAP; while it is 0, the val loss (selection_score)
     monitor_mode = "max"
 
     @classmethod
@@ -229,6 +250,7 @@ class DetectionSystem(TransferSystem):
         self.params = params
         self._scores = DetectionAccumulator()
         self._ids: list[str] = []  # of the images scored, in order
+        self._val_loss = (0.0, 0)
 
     @staticmethod
     def _unpack(batch: Batch) -> tuple[Tensor | Maps, list[Tensor], list[Tensor]]:
@@ -274,15 +296,22 @@ class DetectionSystem(TransferSystem):
     def on_validation_epoch_start(self) -> None:
         self._scores.reset()
         self._ids = []
+        self._val_loss = (0.0, 0)  # sum of loss x images, images
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         loss = self._evaluate(batch)
+        self._val_loss = (
+            self._val_loss[0] + float(loss) * len(batch),
+            self._val_loss[1] + len(batch),
+        )
         self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(batch))
 
     def on_validation_epoch_end(self) -> None:
         scores = self._compute("val")
+        loss = self._val_loss[0] / max(self._val_loss[1], 1)  # the mean val/loss logs
         self.log("val/map", scores["map"], prog_bar=True)
         self.log("val/map50", scores["map50"])
+        self.log("val/select", selection_score(scores["map"], loss))
 
     def on_test_epoch_start(self) -> None:
         self._scores.reset()

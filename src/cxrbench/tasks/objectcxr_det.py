@@ -1,4 +1,4 @@
-"""Object-CXR foreign-object detection (mgca protocol, version 1).
+"""Object-CXR foreign-object detection (mgca protocol, version 2).
 
 Boxes = every annotated object's bounding box ``(x1, y1, x2, y2)`` in pixels of the original JPEG
 (sizes vary): rectangles (type 0) and ellipses (type 1) give their two corners, polygons (type 2)
@@ -37,6 +37,7 @@ class ObjectcxrDet(Task):
     kind = "detection"
     dataset = "objectcxr"
     metric = "map"
+    version = 2  # 2: selection breaks val mAP ties at 0 on val loss (systems/detection.py)
 
     def boxes(self, record: ObjectImage, height: int, width: int) -> np.ndarray:
         """The record's boxes for the detection system (see :func:`objectcxr_boxes`)."""

@@ -1,4 +1,4 @@
-"""RSNA Pneumonia detection (mgca protocol, version 1).
+"""RSNA Pneumonia detection (mgca protocol, version 2).
 
 Boxes = the ``Target == 1`` rows of a patient in ``stage_2_train_labels.csv`` (``x, y, width,
 height`` in pixels of the 1024×1024 DICOM) → ``(x, y, x + width, y + height)``; one class
@@ -36,6 +36,7 @@ class RsnaDet(Task):
     kind = "detection"
     dataset = "rsna"
     metric = "map"
+    version = 2  # 2: selection breaks val mAP ties at 0 on val loss (systems/detection.py)
 
     def boxes(self, record: RsnaImage, height: int, width: int) -> np.ndarray:
         """The record's boxes for the detection system (see :func:`rsna_boxes`)."""
