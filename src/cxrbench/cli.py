@@ -361,8 +361,8 @@ def _add_pretrain(sub: Any) -> None:
     size_help = "input size recorded in the artifact (default: the format's, 224)"
     i.add_argument("--image-size", type=int, default=None, help=size_help)
     norm_help = (
-        "input statistics the weights expect, instead of the format's: half (mean / std 0.5) "
-        "or imagenet"
+        "input statistics the weights expect, instead of the format's: half (mean / std 0.5), "
+        "imagenet or unit (pixels in [0, 1], not normalised)"
     )
     i.add_argument("--normalization", default=None, help=norm_help)
     prefix_help = (

@@ -306,3 +306,53 @@ def test_prefix_selects_the_encoder_of_a_larger_checkpoint(tmp_path) -> None:
     assert report.keys_in_checkpoint == len(state)
     with pytest.raises(CheckpointImportError, match=r"no key starts with 'model\.'"):
         import_checkpoint("torchvision", tmp_path / "benchx.ckpt", tmp_path / "x", prefix="model.")
+
+
+class _BioVilImageModel(nn.Module):
+    """hi-ml's ``ImageModel`` structure: ``encoder.encoder`` (ResNetHIML = torchvision's
+    ResNet-50, ``fc`` kept) and ``projector.model`` (1×1 conv, BN, ReLU, 1×1 conv to 128)."""
+
+    def __init__(self, temporal: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.encoder = nn.Module()
+        self.encoder.encoder = torchvision.models.resnet50(weights=None)
+        if temporal:  # BioViL-T's MultiImageEncoder: a pooler over current and prior image
+            self.encoder.backbone_to_vit = nn.Conv2d(2048, 256, 1, bias=False)
+            self.encoder.vit_pooler = nn.Module()
+            self.encoder.vit_pooler.norm_post = nn.LayerNorm(256)
+            self.encoder.missing_previous_emb = nn.Parameter(torch.zeros(1, 256, 1, 1))
+        self.projector = nn.Module()
+        self.projector.model = nn.Sequential(
+            nn.Conv2d(2048, 128, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU(inplace=True),
+            nn.Conv2d(128, 128, 1),
+        )  # fmt: skip
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+
+
+@pytest.mark.parametrize("temporal", [False, True], ids=["biovil", "biovil_t"])
+def test_biovil_imports_its_trunk_and_feeds_it_unnormalised_pixels(tmp_path, temporal) -> None:
+    model = _BioVilImageModel(temporal).eval()
+    torch.save(model.state_dict(), tmp_path / "biovil_image_resnet50_proj_size_128.pt")
+    report = import_checkpoint("biovil", tmp_path / "biovil_image_resnet50_proj_size_128.pt",
+                               tmp_path / "enc")  # fmt: skip
+    trunk = model.encoder.encoder
+    n = len(trunk.state_dict()) - 2  # fc.weight, fc.bias
+    assert (report.backbone, report.keys_loaded, report.keys_expected) == ("resnet50", n, n)
+    assert report.ignored["ImageNet classifier (unused)"] == 2
+    assert report.ignored["image projector"] == len(model.projector.state_dict())
+    assert ("temporal pooler (BioViL-T)" in report.ignored) == temporal
+    assert report.normalization == {"mean": [0.0] * 3, "std": [1.0] * 3}
+    backbone, meta = load_encoder(tmp_path / "enc")
+    assert meta["method"] == "import:biovil"
+    # the pipeline's input is (u − 0.5) / 0.5; BioViL saw u itself (ToTensor, no Normalize)
+    u = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        feats = backbone.eval()((u - 0.5) / 0.5)
+        x = trunk.maxpool(trunk.relu(trunk.bn1(trunk.conv1(u))))
+        c5 = trunk.layer4(trunk.layer3(trunk.layer2(trunk.layer1(x))))
+    torch.testing.assert_close(feats.c5, c5, rtol=0, atol=1e-4)
+    torch.testing.assert_close(feats.pooled, c5.mean((2, 3)), rtol=0, atol=1e-4)

@@ -33,6 +33,19 @@ def test_a_suite_file_keeps_its_name_unless_flags_change_its_grid(tmp_path) -> N
     assert _suite(tmp_path, "--method", "place", "--name", "mine").name == "mine"
 
 
+def test_narrowing_the_tasks_keeps_the_metric_choices_of_the_tasks_left(tmp_path) -> None:
+    path = tmp_path / "dense.yaml"
+    path.write_text("name: d\npreset: small\nmethods: [convirt]\ntasks: [siim_seg, rsna_det]\n"
+                    "metrics: {siim_seg: dice_global}\n")  # fmt: skip
+
+    def narrowed(*tasks: str):
+        flags = [f for t in tasks for f in ("--task", t)]
+        return suite_from_args(build_parser().parse_args(["bench", "--suite", str(path), *flags]))
+
+    assert narrowed("rsna_det").metrics == {}  # was: "metrics.siim_seg: not a task of this suite"
+    assert narrowed("siim_seg", "rsna_det").metrics == {"siim_seg": "dice_global"}
+
+
 def test_flag_grids_are_named_after_the_grid(tmp_path) -> None:
     def named(*flags: str) -> str:
         return suite_from_args(build_parser().parse_args(["bench", *flags])).name

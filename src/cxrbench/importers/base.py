@@ -97,10 +97,12 @@ class ImportFormat:
 
 
 FORMATS: Registry[ImportFormat] = Registry("import format", "cxrbench.importers")
-#: ``--normalization`` names: the pipeline's (MGCA's, GLoRIA's ``half``) and torchvision's ImageNet
+#: ``--normalization`` names: the pipeline's (MGCA's, GLoRIA's ``half``), torchvision's ImageNet
+#: and ``unit`` (pixels in [0, 1], no normalisation: BioViL's ``ToTensor`` only)
 NORMALIZATIONS: dict[str, dict[str, list[float]]] = {
     "half": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
     "imagenet": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+    "unit": {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]},
 }
 
 

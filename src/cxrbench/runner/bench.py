@@ -47,6 +47,8 @@ def suite_from_args(args: Any) -> Suite:
         values = getattr(args, flag, None)
         if values:
             changes[key] = [resolve_task(v) for v in values] if flag == "task" else list(values)
+    if "tasks" in changes:  # the suite's metric choices for the tasks still in the grid
+        changes["metrics"] = {t: m for t, m in suite.metrics.items() if t in changes["tasks"]}
     encoders = getattr(args, "encoder", None) or []
     if encoders:
         changes["encoders"] = {**suite.encoders, **dict(_encoder_flag(e) for e in encoders)}
