@@ -362,7 +362,7 @@ def _add_pretrain(sub: Any) -> None:
     i.add_argument("--image-size", type=int, default=None, help=size_help)
     norm_help = (
         "input statistics the weights expect, instead of the format's: half (mean / std 0.5), "
-        "imagenet or unit (pixels in [0, 1], not normalised)"
+        "imagenet, unit (pixels in [0, 1], not normalised) or clip (OpenAI CLIP's)"
     )
     i.add_argument("--normalization", default=None, help=norm_help)
     prefix_help = (

@@ -356,3 +356,85 @@ def test_biovil_imports_its_trunk_and_feeds_it_unnormalised_pixels(tmp_path, tem
         c5 = trunk.layer4(trunk.layer3(trunk.layer2(trunk.layer1(x))))
     torch.testing.assert_close(feats.c5, c5, rtol=0, atol=1e-4)
     torch.testing.assert_close(feats.pooled, c5.mean((2, 3)), rtol=0, atol=1e-4)
+
+
+class _ClipBlock(nn.Module):
+    """CLIP's ``ResidualAttentionBlock`` (model.py): pre-norm attention and QuickGELU MLP."""
+
+    def __init__(self, d: int, heads: int) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(d, heads)
+        self.ln_1 = nn.LayerNorm(d)
+        self.mlp = nn.Sequential()
+        self.mlp.add_module("c_fc", nn.Linear(d, 4 * d))
+        self.mlp.add_module("gelu", nn.Identity())  # QuickGELU, applied in forward
+        self.mlp.add_module("c_proj", nn.Linear(4 * d, d))
+        self.ln_2 = nn.LayerNorm(d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (L, N, D), sequence first as CLIP
+        h = self.ln_1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        h = self.mlp.c_fc(self.ln_2(x))
+        return x + self.mlp.c_proj(h * torch.sigmoid(1.702 * h))
+
+
+class _ClipVisual(nn.Module):
+    """CLIP's ``VisualTransformer`` at ViT-B/32 size, written from CheXzero's model.py."""
+
+    def __init__(self, width: int = 768, layers: int = 12, heads: int = 12) -> None:
+        super().__init__()
+        scale = width**-0.5
+        self.conv1 = nn.Conv2d(3, width, kernel_size=32, stride=32, bias=False)
+        self.class_embedding = nn.Parameter(scale * torch.randn(width))
+        self.positional_embedding = nn.Parameter(scale * torch.randn(7 * 7 + 1, width))
+        self.ln_pre = nn.LayerNorm(width)
+        self.transformer = nn.Module()
+        self.transformer.resblocks = nn.Sequential(
+            *[_ClipBlock(width, heads) for _ in range(layers)]
+        )
+        self.ln_post = nn.LayerNorm(width)
+        self.proj = nn.Parameter(scale * torch.randn(width, 512))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pre-projection image feature (ln_post of [CLS]) and the patch tokens."""
+        x = self.conv1(x).flatten(2).transpose(1, 2)
+        cls = self.class_embedding + torch.zeros(x.shape[0], 1, x.shape[-1])
+        x = self.ln_pre(torch.cat([cls, x], dim=1) + self.positional_embedding)
+        x = self.transformer.resblocks(x.permute(1, 0, 2)).permute(1, 0, 2)
+        return self.ln_post(x[:, 0]), x[:, 1:]
+
+
+def test_chexzero_clip_vit_b32_imports_and_gives_clips_features(tmp_path) -> None:
+    torch.manual_seed(0)
+    visual = _ClipVisual(layers=2).eval()  # ViT-B/32 width and heads; the depth is read
+    for p in visual.parameters():  # LayerNorm affine and biases away from 1 / 0
+        if p.dim() == 1:
+            p.data.add_(0.1 * torch.randn_like(p))
+    state = {f"visual.{k}": v for k, v in visual.state_dict().items()}
+    state.update({  # CLIP's text tower and temperature (shapes of ViT-B/32's, shrunk)
+        "transformer.resblocks.0.ln_1.weight": torch.ones(8), "token_embedding.weight":
+        torch.randn(10, 8), "positional_embedding": torch.randn(77, 8), "ln_final.weight":
+        torch.ones(8), "text_projection": torch.randn(8, 512), "logit_scale": torch.tensor(4.6),
+    })  # fmt: skip
+    torch.save(state, tmp_path / "best_64_0.0001_original_35000_0.864.pt")
+    report = import_checkpoint("chexzero", tmp_path / "best_64_0.0001_original_35000_0.864.pt",
+                               tmp_path / "enc")  # fmt: skip
+    n = len(visual.state_dict()) - 1  # all but proj
+    assert (report.backbone, report.keys_loaded, report.keys_expected) == ("clip_vit_b32", n, n)
+    assert report.ignored == {"image projection (joint space)": 1, "text tower": 5,
+                              "temperature": 1}  # fmt: skip
+    backbone, meta = load_encoder(tmp_path / "enc")
+    assert meta["backbone_config"]["depth"] == 2
+    assert meta["strides"]["c4"] == 32 and tuple(meta["token_grid"]) == (7, 7)
+    u = torch.rand(2, 3, 224, 224)  # pixels in [0, 1]; the pipeline feeds (u - 0.5) / 0.5
+    with torch.no_grad():
+        feats = backbone.eval()((u - 0.5) / 0.5)
+        pooled, tokens = visual((u - 101.48761 / 255) / (83.43944 / 255))
+    torch.testing.assert_close(feats.pooled, pooled, rtol=0, atol=2e-4)
+    torch.testing.assert_close(feats.tokens, backbone.encoder.ln(tokens), rtol=0, atol=2e-4)
+    assert tuple(feats.c4.shape[-2:]) == (7, 7)
+
+    state["visual.class_embedding"] = torch.zeros(767)  # one shape off: refused, named
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointImportError, match=r"visual\.class_embedding → class_token"):
+        import_checkpoint("chexzero", tmp_path / "bad.pt", tmp_path / "bad")

@@ -59,10 +59,15 @@ class Layout:
     ignore: tuple[Ignore, ...] = ()
     image_size: int = 224
     options: dict[str, Any] = field(default_factory=dict)  # build_backbone options
+    # options read from the checkpoint itself (e.g. the number of blocks), added to ``options``
+    infer: Callable[[Mapping[str, Tensor]], dict[str, Any]] | None = None
     # the input statistics the official code trains with (the artifact records them and the
     # backbone applies them: models/backbones.py, set_input_normalization)
     normalization: dict[str, list[float]] = field(default_factory=lambda: dict(NORMALIZATION))
     source: str = ""  # the official definition the map was written from
+    # backbone keys whose checkpoint tensor lacks leading singleton axes (CLIP's class_embedding
+    # (768,) for class_token (1, 1, 768)): viewed into the backbone's shape, nothing else
+    unsqueeze: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -98,11 +103,16 @@ class ImportFormat:
 
 FORMATS: Registry[ImportFormat] = Registry("import format", "cxrbench.importers")
 #: ``--normalization`` names: the pipeline's (MGCA's, GLoRIA's ``half``), torchvision's ImageNet
-#: and ``unit`` (pixels in [0, 1], no normalisation: BioViL's ``ToTensor`` only)
+#: ``unit`` (pixels in [0, 1], no normalisation: BioViL's ``ToTensor`` only) and OpenAI CLIP's
 NORMALIZATIONS: dict[str, dict[str, list[float]]] = {
     "half": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
     "imagenet": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
     "unit": {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]},
+    # OpenAI CLIP's preprocessing (its clip.py _transform), for its own released weights
+    "clip": {
+        "mean": [0.48145466, 0.4578275, 0.40821073],
+        "std": [0.26862954, 0.26130258, 0.27577711],
+    },
 }
 
 
@@ -210,6 +220,10 @@ def map_state(
         if target in mapped:
             unexpected.append(f"{key} (→ {target}, already given by {origin[target]})")
             continue
+        if target in layout.unsqueeze and value.dim() < own[target].dim():
+            lead = own[target].shape[: own[target].dim() - value.dim()]
+            if all(n == 1 for n in lead):
+                value = value.reshape(*lead, *value.shape)
         mapped[target], origin[target] = value, key
     missing = sorted(set(own) - set(mapped))
     shapes = [
@@ -267,7 +281,10 @@ def import_checkpoint(
         keys_in_file = len(state)
     layout = spec.layout(state, backbone, checkpoint)
     module = build_backbone(
-        layout.backbone, image_size=image_size or layout.image_size, **layout.options
+        layout.backbone,
+        image_size=image_size or layout.image_size,
+        **layout.options,
+        **(layout.infer(state) if layout.infer else {}),
     )
     try:
         weights, ignored = map_state(state, layout, module, tuple(ignore))

@@ -16,6 +16,8 @@ Input: 3 channels (grayscale replicated) normalised as :data:`NORMALIZATION`. Ou
   tokens. The pyramid has no parameters so the encoder holds only pre-trained weights (learned
   adapters such as ViTDet's deconvolutions belong to task heads): c4 = patch-token map (stride 16),
   c3 = its bilinear 2× upsampling (stride 8), c5 = its 2×2 max-pooling (stride 32, as ViTDet).
+  ``clip_vit_b32`` (CheXzero's CLIP image tower, for imported checkpoints): patch 32, so the
+  strides are 16/32/64; ``ln_pre``, QuickGELU, eps 1e-5 (:class:`CLIPViTBackbone`).
 
 :func:`build_backbone` records every option, defaults included, in ``backbone.config`` for the
 encoder artifact to rebuild the module; ``weights`` is not part of it (the artifact carries them).
@@ -248,8 +250,12 @@ class ViTBackbone(Backbone):
         nn.init.trunc_normal_(self.conv_proj.weight, std=math.sqrt(1 / fan_in))
         nn.init.zeros_(self.conv_proj.bias)  # type: ignore[arg-type]
         self.feature_dims = dict.fromkeys(("pooled", "c3", "c4", "c5", "tokens"), dim)
-        self.strides = {"c3": 8, "c4": 16, "c5": 32, "tokens": 16}
+        self.strides = {"c3": patch // 2, "c4": patch, "c5": 2 * patch, "tokens": patch}
         self.token_grid = (side, side)
+
+    def _encode(self, x: Tensor) -> Tensor:
+        """[CLS] + patch tokens → the encoder's output (position embedding, blocks, final norm)."""
+        return self.encoder(x)
 
     def forward(self, x: Tensor) -> Features:
         """Patchify, prepend [CLS], run the encoder, then build the parameter-free pyramid."""
@@ -258,12 +264,50 @@ class ViTBackbone(Backbone):
         x = self.conv_proj(self._normalized(x))
         b, d, h, w = x.shape
         x = x.flatten(2).transpose(1, 2)
-        x = self.encoder(torch.cat([self.class_token.expand(b, -1, -1), x], dim=1))
+        x = self._encode(torch.cat([self.class_token.expand(b, -1, -1), x], dim=1))
         tokens = x[:, 1:]
         c4 = tokens.transpose(1, 2).reshape(b, d, h, w)
         c3 = F.interpolate(c4, scale_factor=2.0, mode="bilinear", align_corners=False)
         c5 = F.max_pool2d(c4, kernel_size=2)
         return Features(x[:, 0], c3, c4, c5, tokens, (h, w))
+
+
+class QuickGELU(nn.Module):
+    """CLIP's activation: ``x · sigmoid(1.702 x)``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class CLIPViTBackbone(ViTBackbone):
+    """OpenAI CLIP's image transformer (``VisualTransformer``) in torchvision's names.
+
+    It differs from torchvision's ViT in four places, each mirrored here: the patch convolution
+    has no bias, a LayerNorm (``ln_pre``) follows the position embedding, the MLPs use QuickGELU
+    and every LayerNorm has eps 1e-5. ``encoder.ln`` holds CLIP's ``ln_post`` (CLIP applies it
+    to [CLS] only; here every token passes it, so ``pooled`` is CLIP's pre-projection image
+    feature). The joint-space projection ``proj`` is not part of the encoder."""
+
+    def __init__(
+        self, name: str, image_size: int, *, depth: int, dim: int, heads: int, mlp_dim: int,
+        patch: int, tokens_from: str = "c4", upsample_to: int | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__(
+            name, image_size, depth=depth, dim=dim, heads=heads, mlp_dim=mlp_dim, patch=patch,
+            tokens_from=tokens_from, upsample_to=upsample_to,
+        )  # fmt: skip
+        self.conv_proj = nn.Conv2d(3, dim, kernel_size=patch, stride=patch, bias=False)
+        nn.init.trunc_normal_(self.conv_proj.weight, std=math.sqrt(1 / (3 * patch * patch)))
+        self.ln_pre = nn.LayerNorm(dim, eps=1e-5)
+        for module in self.encoder.modules():
+            if isinstance(module, nn.LayerNorm):
+                module.eps = 1e-5
+        for layer in self.encoder.layers:
+            layer.mlp[1] = QuickGELU()
+
+    def _encode(self, x: Tensor) -> Tensor:
+        x = self.ln_pre(x + self.encoder.pos_embedding)
+        return self.encoder.ln(self.encoder.layers(x))
 
 
 @BACKBONES.register("resnet50")
@@ -310,6 +354,18 @@ def vit_b16(
     return ViTBackbone(
         "vit_b16", image_size, depth=12, dim=768, heads=12, mlp_dim=3072,
         imagenet=ViT_B_16_Weights.IMAGENET1K_V1, tokens_from=tokens_from, upsample_to=upsample_to,
+    )  # fmt: skip
+
+
+@BACKBONES.register("clip_vit_b32")
+def clip_vit_b32(
+    image_size: int, *, depth: int = 12, tokens_from: str = "c4", upsample_to: int | None = None
+) -> Backbone:
+    """CLIP ViT-B/32's image tower (dim 768, ``depth`` 12, 12 heads, patch 32; CheXzero's): for
+    imported checkpoints (``cxrbench import --from chexzero``); no ImageNet weights."""
+    return CLIPViTBackbone(
+        "clip_vit_b32", image_size, depth=depth, dim=768, heads=12, mlp_dim=3072, patch=32,
+        tokens_from=tokens_from, upsample_to=upsample_to,
     )  # fmt: skip
 
 
