@@ -209,6 +209,8 @@ def test_dry_run_counts_skips_and_says_where_estimates_come_from(tmp_path) -> No
     assert "1 node × 2 GPU (DDP), 12 CPU" in text  # the DDP job: 2 tasks × 6 CPUs
     # what would run: convirt 0.05 h × 2 GPUs + 3 transfers × 0.02 h × 1 GPU
     assert "estimated cost of what would run: 0.11 wall hours of jobs, 0.2 GPU-hours" in text
+    # and the whole grid: the finished random-init pre-training (0.01 h) and transfer (0.02 h)
+    assert "cost of the whole grid, finished jobs included: 0.14 wall hours of jobs" in text
     # here, one job at a time: CPU-hours are the wall hours × the cores a job uses, not the
     # slurm request (12 and 6 CPUs above)
     cores = torch.get_num_threads()

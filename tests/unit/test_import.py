@@ -263,8 +263,8 @@ def test_an_encoders_own_normalisation_is_applied_inside_the_backbone(tmp_path) 
     import_checkpoint("torchvision", tmp_path / "r18.pth", tmp_path / "half")
     _, half = load_encoder(tmp_path / "half")
     assert feature_identity(half) == half["sha256"]
-    with pytest.raises(CheckpointImportError, match="unknown normalisation 'clipp'"):
-        import_checkpoint("torchvision", tmp_path / "r18.pth", tmp_path / "x", normalization="clipp")
+    with pytest.raises(CheckpointImportError, match="unknown normalisation 'rgb'"):
+        import_checkpoint("torchvision", tmp_path / "r18.pth", tmp_path / "x", normalization="rgb")
 
 
 def test_mrm_and_timm_layouts_cover_the_vit_and_name_what_they_leave_out() -> None:

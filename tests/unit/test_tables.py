@@ -343,3 +343,13 @@ def test_cli_table_writes_every_format_with_the_command(tmp_path, capsys) -> Non
         "| convirt | 72.0 ± 2.0 |" in md and "| convirt | 72.0 ± 2.0 |" in capsys.readouterr().out
     )
     assert main(["table", "--suite", str(tmp_path / "nope.yaml"), "--runs", str(runs)]) == 2
+
+
+def test_the_protocol_family_follows_each_tasks_own_versions() -> None:
+    """Detection v2 (selection ties broken on val loss) is still the mgca protocol; a version
+    no task declares is not, so such records never sit beside published rows."""
+    from cxrbench.report.suites import _family
+
+    assert _family("rsna_det", 2) == _family("objectcxr_det", 2) == "mgca"
+    assert _family("siim_seg", 1) == "mgca" and _family("siim_seg", 2) is None
+    assert _family("toy_reg", 1) == "mgca"  # not registered: the default versions

@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Grid = frozenset[tuple[str, str, float, int]]  # (method, task, fraction, seed) a suite plans
-TASK_PROTOCOL = {1: "mgca"}  # task version → protocol family (PROTOCOLS.md §1)
 PAPER_SCALE = {
     "auroc": 100.0, "accuracy": 100.0, "dice": 100.0, "dice_pos": 100.0, "dice_global": 100.0,
     "map": 100.0, "map50": 100.0, "map_mgca": 100.0,
@@ -124,11 +123,20 @@ def suite_record_paths(suite: Suite, runs: Path) -> list[tuple[Path, ResultRecor
     return found
 
 
+def _family(task: str, version: int) -> str | None:
+    """The protocol family of a task version (``Task.protocols``; a task not registered here has
+    the default's); None for a version no family is known for."""
+    from cxrbench.tasks import TASKS
+    from cxrbench.tasks.base import Task
+
+    return (TASKS.get(task) if task in TASKS else Task).protocols.get(version)
+
+
 def protocol_of(records: Sequence[ResultRecord]) -> str | None:
     """The protocol family of the records, None when they mix families or a version is unknown."""
     if any(r.probe_mode == "finetune" for r in records):
         return None
-    found = {TASK_PROTOCOL.get(r.task_version) for r in records}
+    found = {_family(r.task, r.task_version) for r in records}
     return found.pop() if len(found) == 1 else None
 
 

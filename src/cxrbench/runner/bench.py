@@ -174,13 +174,14 @@ DEFAULT_HOURS: dict[str, dict[str, tuple[float, str]]] = {
         "detection": (0.014, "measured: 2-core CPU, rsna_det"),
     },
     # measured on the same CPU: ConVIRT 4 epochs 211 s, CheXpert 1% probes 2-10 s
-    # (results/runs/default); dense transfers at 10% with frozen maps computed once per run
-    # (issue 17, one run at a time): U-Net 30 epochs 100-150 s, YOLOv3 20 epochs 30-45 s
+    # (results/runs/default); dense transfers: medians of the methods_dense grid at 10% (issue
+    # 17, 8 methods x 3 seeds, frozen maps computed once per run, validation every 2 epochs):
+    # U-Net 86 s (siim_seg 53 s, rsna_seg 107 s), YOLOv3 26 s (objectcxr_det 21 s, rsna_det 34 s)
     "small": {
         "pretrain": (0.06, "measured: 2-core CPU, make bench"),
         "classification": (0.003, "measured: 2-core CPU, make bench"),
-        "segmentation": (0.035, "measured: 2-core CPU, siim_seg / rsna_seg 10%"),
-        "detection": (0.011, "measured: 2-core CPU, objectcxr_det 10%"),
+        "segmentation": (0.024, "measured: 2-core CPU, median of 48 siim/rsna_seg runs at 10%"),
+        "detection": (0.0071, "measured: 2-core CPU, median of 48 rsna/objectcxr_det runs at 10%"),
     },
     # pre-training: MGCA's author, ~1 day for 50 epochs on ~217k pairs on 2 RTX 3090 (MGCA issue
     # #2, reference/protocols-of-anchors.md §8); transfers: guesses, not measured
@@ -306,6 +307,10 @@ def dry_run(
         f"estimated cost of what would run: {costing.wall_hours:,.2f} wall hours of jobs, "
         f"{costing.gpu_hours:,.1f} GPU-hours, {costing.cpu_hours:,.1f} CPU-hours ({where})"
     )
+    lines.append(
+        f"estimated cost of the whole grid, finished jobs included: {costing.grid_hours:,.2f} "
+        f"wall hours of jobs, {costing.grid_cpu_hours:,.1f} CPU-hours"
+    )
     if executor == "slurm" and not plan.problems and len(auto_text_jobs(plan)) > 1:
         lines.append(
             "note: text.model=auto: the corpus text model must exist before the jobs start "
@@ -340,6 +345,8 @@ class _Costing:
     gpu_hours: float = 0.0
     cpu_hours: float = 0.0
     wall_hours: float = 0.0
+    grid_hours: float = 0.0  # every job of the grid, finished ones included
+    grid_cpu_hours: float = 0.0
     estimates: dict[tuple[str, str, float, str], list[str]] = field(default_factory=dict)
 
     def hours(self, stage: str, job: Job) -> float:
@@ -365,8 +372,7 @@ class _Costing:
         noun = "jobs" if stage == "pretrain" else f"runs in {len(mine)} {arrays}"
         lines = [f"{stage}: {total} {noun}, {done} finished (skipped), {total - done} to run"]
         for g in mine:
-            for job in g.finished:
-                self.hours(stage, job)
+            finished = sum(self.hours(stage, job) for job in g.finished)
             hours = sum(self.hours(stage, job) for job in g.pending)
             r = g.resources  # resolved: every field set (resolve.resources_for)
             nodes, cpus = r.nodes or 1, (r.cpus_per_task or 1) * g.tasks_per_node
@@ -375,6 +381,8 @@ class _Costing:
             self.wall_hours += hours
             self.gpu_hours += hours * nodes * (r.gpus_per_node or 0)
             self.cpu_hours += hours * nodes * cpus
+            self.grid_hours += hours + finished
+            self.grid_cpu_hours += (hours + finished) * nodes * cpus
             request = f"{_request(g)}; " if self.executor == "slurm" else ""
             state = f"{len(g.pending)} to run, {len(g.finished)} finished"
             lines.append(f"  {g.label}: {state}; {request}est. {hours:.3g} h")

@@ -135,6 +135,9 @@ class Task:
 
     kind: ClassVar[str] = "classification"
     version: ClassVar[int] = 1
+    #: protocol family (PROTOCOLS.md) of each version of this task; a table shows published rows
+    #: only beside records of one family
+    protocols: ClassVar[dict[int, str]] = {1: "mgca"}
     dataset: ClassVar[str] = ""
     metric: ClassVar[str] = "auroc"  # primary test metric
     higher_is_better: ClassVar[bool] = True

@@ -38,6 +38,7 @@ class ObjectcxrDet(Task):
     dataset = "objectcxr"
     metric = "map"
     version = 2  # 2: selection breaks val mAP ties at 0 on val loss (systems/detection.py)
+    protocols = {1: "mgca", 2: "mgca"}  # noqa: RUF012 - read only
 
     def boxes(self, record: ObjectImage, height: int, width: int) -> np.ndarray:
         """The record's boxes for the detection system (see :func:`objectcxr_boxes`)."""

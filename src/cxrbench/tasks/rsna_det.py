@@ -37,6 +37,7 @@ class RsnaDet(Task):
     dataset = "rsna"
     metric = "map"
     version = 2  # 2: selection breaks val mAP ties at 0 on val loss (systems/detection.py)
+    protocols = {1: "mgca", 2: "mgca"}  # noqa: RUF012 - read only
 
     def boxes(self, record: RsnaImage, height: int, width: int) -> np.ndarray:
         """The record's boxes for the detection system (see :func:`rsna_boxes`)."""
