@@ -134,6 +134,7 @@ RANGES: dict[str, tuple[float, float, bool, str]] = {
     "min_steps_per_epoch": (0, math.inf, True, "an integer >= 0 (0: off)"),
     "max_steps_per_epoch": (0, math.inf, True, "an integer >= 0 (0: off)"),
     "map_cache_gib": (0, math.inf, True, "a number of GiB >= 0 (0: off)"),
+    "eval_batch_size": (0, math.inf, True, "an integer >= 0 (0: the training batch size)"),
     "ema": (0, math.nextafter(1.0, 0.0), True, "a decay in [0, 1) (0: off)"),
     "lr": (0, math.inf, False, "a number > 0"),
     "weight_decay": (0, math.inf, True, "a number >= 0"),

@@ -395,3 +395,31 @@ def test_cached_maps_give_the_logits_and_masks_of_the_image_path(synth_tiny) -> 
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     job.cfg.train.map_cache_gib = 1e-6  # a few KiB: the maps do not fit
     assert system_cls.prepare(job.task, job.cfg, data, encoder, {}, None).probe_mode == "frozen"
+
+
+def test_eval_batch_size_changes_neither_the_scores_nor_the_config_hash(synth_tiny) -> None:
+    """``train.eval_batch_size``: validation is the same sums over the whole split in bigger
+    batches, so loss and every Dice agree to float rounding; the run's identity is unchanged."""
+    from cxrbench.runner.resolve import load_task
+    from cxrbench.systems import SYSTEMS
+
+    small = load_task("siim_seg", "tiny")
+    big = load_task("siim_seg", "tiny", ["train.eval_batch_size=64"])
+    assert big.config_hash == small.config_hash
+    data = small.task.data(synth_tiny, 0.5)
+    encoder = build_backbone("tiny", image_size=64)
+    system_cls = SYSTEMS.get("segmentation")
+    scores = []
+    for job in (small, big):
+        prepared = system_cls.prepare(job.task, job.cfg, data, encoder, {}, None)
+        torch.manual_seed(0)  # the same decoder weights for both
+        system = system_cls(encoder, job.cfg).eval()
+        loss, dice = system._val
+        with torch.no_grad():
+            batches = list(prepared.val)
+            for batch in batches:
+                system._evaluate(batch, (loss, dice))
+        scores.append(({"loss": loss.compute(), **dice.summary()}, len(batches)))
+    (a, n_small), (b, n_big) = scores
+    assert n_big < n_small  # the val split really went in bigger batches
+    assert a.keys() == b.keys() and all(abs(a[k] - b[k]) < 1e-5 for k in a)

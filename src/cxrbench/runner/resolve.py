@@ -77,6 +77,7 @@ TRANSFER_NON_RESULT_KEYS = (
     "trainer.checkpoint_every",
     "train.feature_batch_size",
     "train.map_cache_gib",
+    "train.eval_batch_size",
     "data",
 )
 PRESET_SECTIONS = ("pretrain", "transfer", "transfer_<kind>")

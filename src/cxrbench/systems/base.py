@@ -85,7 +85,10 @@ def loader(
     (0: off) caps an epoch at that many batches, the next part of one stream of reshuffled passes
     (so every item comes once per pass). With both set to the same value every epoch has that
     size at every label fraction, so a run's compute does not grow with the fraction (the
-    ``small`` preset's dense schedule). Evaluation loaders are unchanged.
+    ``small`` preset's dense schedule). Evaluation loaders are unchanged, but for their batch
+    size, ``train.eval_batch_size`` when set: the metrics, the loss sums (``SegLossSums``) and the
+    batch-size-weighted mean losses are all over the whole split, so it changes float rounding
+    and speed only (it is left out of the config hash).
     """
     n_workers = cfg.train.workers if workers is None else workers
     common: dict[str, Any] = {
@@ -94,8 +97,12 @@ def loader(
         "persistent_workers": n_workers > 0,
         "collate_fn": collate_fn,
     }
-    if not train:
-        return EvalLoader(rows, shuffle=False, **common)
+    if not train:  # every evaluation sums over the whole split: its batch size is only speed
+        return EvalLoader(
+            rows,
+            shuffle=False,
+            **(common | {"batch_size": cfg.train.eval_batch_size or cfg.train.batch_size}),
+        )
     size = len(rows)  # type: ignore[arg-type]
     want = max(cfg.train.min_steps_per_epoch * cfg.train.batch_size, size)
     if cfg.train.max_steps_per_epoch:

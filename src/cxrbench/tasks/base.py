@@ -69,6 +69,9 @@ class TrainSpec:
     val_every: int = 1  # validate (and check early stopping) every N epochs
     workers: int = 2
     feature_batch_size: int = 128  # feature extraction for the frozen-feature cache
+    # batch size of the val and test loaders (0: batch_size). Every evaluation metric and loss is
+    # computed over the whole split, so it changes only float rounding and speed
+    eval_batch_size: int = 0
     min_steps_per_epoch: int = 0  # >0: small training sets are re-passed (systems/base.py)
     max_steps_per_epoch: int = 0  # >0: an epoch is at most this many batches (systems/base.py)
     # dense tasks, frozen and not augmenting: keep the encoder's maps of the run's images in
