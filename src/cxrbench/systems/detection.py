@@ -32,8 +32,9 @@ Deviations from MGCA, all deliberate (those of the detectors: ``models/detectors
   head on a weak encoder starts below confidence 0.5 everywhere, so val mAP sits at exactly 0
   for several validations while the val loss still falls; early stopping on mAP alone ended such
   runs on that plateau of zeros and tested them at 0 (synth-small: random init on RSNA at 100%,
-  M-FLAG on RSNA at 10%, every seed). Any positive mAP ranks above every zero, so for runs that
-  detect something the rule is MGCA's. Task versions 2 (``rsna_det``, ``objectcxr_det``).
+  M-FLAG on RSNA at 10%, every seed). Any positive mAP ranks above every zero, so among
+  validations that detect something the choice is MGCA's; only how long a run with nothing
+  detected yet keeps training differs. Task versions 2 (``rsna_det``, ``objectcxr_det``).
 - ``val/map`` (selection) is over all val images; MGCA scored only GT-positive images and
   skipped images without a kept prediction. The test records ``test/map`` (all images),
   ``test/map_mgca`` (GT-positive ones, MGCA's selection) and ``test/map50``.
