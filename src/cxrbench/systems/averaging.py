@@ -18,7 +18,7 @@ What is averaged: every parameter that trains (``requires_grad``) and the floati
 (BatchNorm statistics) of the modules that own one; a frozen encoder is left out. The decay ramps
 up as ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so the first steps' random weights
 do not linger in the average. The ramp reaches ``decay`` only after ``(10·decay − 1)/(1 − decay)``
-updates (440 for 0.98, 989 for 0.99): a shorter run averages with the ramp alone, whatever
+updates (440 for 0.98, 890 for 0.99): a shorter run averages with the ramp alone, whatever
 ``decay`` says (the ``small`` preset's U-Net runs, ≤ 360 steps, gave byte-identical results at
 0.98 and 0.99).
 """
