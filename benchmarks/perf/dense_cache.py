@@ -30,28 +30,19 @@ The encoder has random weights (timings do not depend on them). Data: ``--root``
 from __future__ import annotations
 
 import argparse
-import platform
-import resource
 import statistics
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from _dense import TASKS, parser, peak_mib, preset_encoder, start
 
 from cxrbench.data.features import FeatureCache
-from cxrbench.models.backbones import build_backbone
-from cxrbench.runner.resolve import load_config, load_task
+from cxrbench.runner.resolve import load_task
 from cxrbench.systems import SYSTEMS
 from cxrbench.systems.frozen_maps import MapRows
-
-TASKS = ("siim_seg", "rsna_seg", "rsna_det", "objectcxr_det")
-
-
-def peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def epoch(prepared: Any, optimiser: torch.optim.Optimizer) -> float:
@@ -86,12 +77,7 @@ def cache_bytes(prepared: Any) -> int:
 def measure(task_name: str, args: argparse.Namespace) -> dict[str, float]:
     job = load_task(task_name, args.preset, fraction=args.fraction)
     data = job.task.data(args.root, args.fraction)
-    backbone = load_config("convirt", args.preset).cfg.backbone  # the preset's encoder shape
-    size = job.cfg.image.crop
-    torch.manual_seed(0)
-    kwargs = {"width": backbone.width} if backbone.width else {}
-    encoder = build_backbone(backbone.name, image_size=size, **kwargs)
-    meta = {"feature_dims": encoder.feature_dims, "sha256": "perf"}
+    encoder, meta = preset_encoder(job, args.preset)
     system_cls = SYSTEMS.get(job.task.kind)
     unused = FeatureCache(Path("/nonexistent"))  # the dense systems do not use it
     prepared = {}
@@ -131,22 +117,8 @@ def measure(task_name: str, args: argparse.Namespace) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", type=Path, default=Path("datasets/synth-small"))
-    parser.add_argument("--preset", default="small")
-    parser.add_argument("--fraction", type=float, default=0.1)
-    parser.add_argument("--task", action="append", choices=TASKS)
-    parser.add_argument("--epochs", type=int, default=20, help="epochs of the run extrapolated")
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
-    # the systems log from their steps; outside a Trainer Lightning warns once per system
-    warnings.filterwarnings("ignore", message=".*self.trainer.* reference is not registered")
-    if not args.root.is_dir():
-        raise SystemExit(f"{args.root}: no SynthCXR corpus here; run `make data` first")
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch "
-        f"threads; preset {args.preset}, fraction {args.fraction}; median of {args.repeats} rounds"
-    )
+    args = parser(__doc__, epochs=20).parse_args()
+    start(args)
     for name in args.task or TASKS:
         result = measure(name, args)
         print(f"\n{name}:")

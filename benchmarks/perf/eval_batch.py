@@ -25,25 +25,20 @@ The encoder and the head have random weights (timings do not depend on them). Da
 from __future__ import annotations
 
 import argparse
-import platform
-import resource
 import statistics
 import time
-import warnings
 from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from _dense import TASKS, parser, peak_mib, preset_encoder, start
 
 from cxrbench.data.features import FeatureCache
-from cxrbench.models.backbones import build_backbone
-from cxrbench.runner.resolve import load_config, load_task
+from cxrbench.runner.resolve import load_task
 from cxrbench.systems import SYSTEMS
 from cxrbench.systems.base import loader
-
-TASKS = ("siim_seg", "rsna_seg", "rsna_det", "objectcxr_det")
 
 
 def val_pass(system: Any, val: Any) -> tuple[float, dict[str, float]]:
@@ -76,11 +71,7 @@ def train_epoch(system: Any, train: Any, optimiser: torch.optim.Optimizer) -> fl
 def measure(task_name: str, args: argparse.Namespace) -> dict[str, Any]:
     job = load_task(task_name, args.preset, fraction=args.fraction)
     data = job.task.data(args.root, args.fraction)
-    backbone = load_config("convirt", args.preset).cfg.backbone  # the preset's encoder shape
-    torch.manual_seed(0)
-    kwargs = {"width": backbone.width} if backbone.width else {}
-    encoder = build_backbone(backbone.name, image_size=job.cfg.image.crop, **kwargs)
-    meta = {"feature_dims": encoder.feature_dims, "sha256": "perf"}
+    encoder, meta = preset_encoder(job, args.preset)
     job.cfg.train.workers = 0
     L.seed_everything(0, verbose=False)
     prepared = SYSTEMS.get(job.task.kind).prepare(
@@ -125,22 +116,10 @@ def measure(task_name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", type=Path, default=Path("datasets/synth-small"))
-    parser.add_argument("--preset", default="small")
-    parser.add_argument("--fraction", type=float, default=0.1)
-    parser.add_argument("--task", action="append", choices=TASKS)
-    parser.add_argument("--eval-batch-size", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=30, help="epochs of the run extrapolated")
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
-    warnings.filterwarnings("ignore", message=".*self.trainer.* reference is not registered")
-    if not args.root.is_dir():
-        raise SystemExit(f"{args.root}: no SynthCXR corpus here; run `make data` first")
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch "
-        f"threads; preset {args.preset}, fraction {args.fraction}; median of {args.repeats} rounds"
-    )
+    p = parser(__doc__, epochs=30)
+    p.add_argument("--eval-batch-size", type=int, default=64)
+    args = p.parse_args()
+    start(args)
     for name in args.task or TASKS:
         print(f"\n{name}:")
         for key, value in measure(name, args).items():
@@ -150,8 +129,7 @@ def main() -> None:
                 print(f"  {key}: {value:.3g}")
             else:
                 print(f"  {key}: {value}")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"\npeak resident memory: {peak:.0f} MiB")
+    print(f"\npeak resident memory: {peak_mib():.0f} MiB")
 
 
 if __name__ == "__main__":
