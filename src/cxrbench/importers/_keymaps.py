@@ -57,22 +57,33 @@ _TIMM_TOP = {
 _BLOCK = re.compile(r"blocks\.(\d+)\.(.+)$")
 
 
-def timm_vit(prefix: str) -> Callable[[str], str | None]:
-    """``prefix`` + a timm ViT key → the torchvision ViT key; ``None`` for anything else."""
+def vit_keys(
+    prefix: str, top: Mapping[str, str], block: re.Pattern[str], inner: Mapping[str, str]
+) -> Callable[[str], str | None]:
+    """A rename into torchvision's ViT names: ``prefix`` + a key of ``top`` → its value; ``prefix``
+    + a key ``block`` matches (groups: block index, rest) → ``encoder.layers.encoder_layer_<i>.``
+    + the rest with its first ``inner`` name replaced (a name matches the whole rest or a
+    leading dotted part of it; an unknown rest is kept, so the import reports it); anything else
+    ``None``."""
 
     def rename(key: str) -> str | None:
         if not key.startswith(prefix):
             return None
         rest = key[len(prefix) :]
-        if rest in _TIMM_TOP:
-            return _TIMM_TOP[rest]
-        match = _BLOCK.match(rest)
+        if rest in top:
+            return top[rest]
+        match = block.match(rest)
         if match is None:
             return None
-        index, inner = match.groups()
-        for old, new in _TIMM_BLOCK.items():
-            if inner == old or inner.startswith(old + "."):
-                return f"encoder.layers.encoder_layer_{index}.{new}{inner[len(old) :]}"
-        return f"encoder.layers.encoder_layer_{index}.{inner}"  # unknown: reported, not loaded
+        index, tail = match.groups()
+        for old, new in inner.items():
+            if tail == old or tail.startswith(old + "."):
+                return f"encoder.layers.encoder_layer_{index}.{new}{tail[len(old) :]}"
+        return f"encoder.layers.encoder_layer_{index}.{tail}"  # unknown: reported, not loaded
 
     return rename
+
+
+def timm_vit(prefix: str) -> Callable[[str], str | None]:
+    """``prefix`` + a timm ViT key → the torchvision ViT key; ``None`` for anything else."""
+    return vit_keys(prefix, _TIMM_TOP, _BLOCK, _TIMM_BLOCK)

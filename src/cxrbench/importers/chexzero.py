@@ -21,46 +21,39 @@ from typing import Any
 
 from torch import Tensor
 
-from ._keymaps import has_keys
+from ._keymaps import has_keys, vit_keys
 from .base import Ignore, ImportFormat, Layout, register
 
 _TOP = {
-    "visual.conv1.weight": "conv_proj.weight",
-    "visual.class_embedding": "class_token",
-    "visual.positional_embedding": "encoder.pos_embedding",
-    "visual.ln_pre.weight": "ln_pre.weight",
-    "visual.ln_pre.bias": "ln_pre.bias",
-    "visual.ln_post.weight": "encoder.ln.weight",
-    "visual.ln_post.bias": "encoder.ln.bias",
+    "conv1.weight": "conv_proj.weight",
+    "class_embedding": "class_token",
+    "positional_embedding": "encoder.pos_embedding",
+    "ln_pre.weight": "ln_pre.weight",
+    "ln_pre.bias": "ln_pre.bias",
+    "ln_post.weight": "encoder.ln.weight",
+    "ln_post.bias": "encoder.ln.bias",
 }
-_BLOCK = re.compile(r"visual\.transformer\.resblocks\.(\d+)\.(.+)$")
+VISUAL = "visual."  # the image tower's keys; _TOP and _BLOCK name them without it
+_BLOCK = re.compile(r"transformer\.resblocks\.(\d+)\.(.+)$")
 _INNER = {
-    "ln_1.": "ln_1.",
-    "attn.in_proj_": "self_attention.in_proj_",
-    "attn.out_proj.": "self_attention.out_proj.",
-    "ln_2.": "ln_2.",
-    "mlp.c_fc.": "mlp.0.",
-    "mlp.c_proj.": "mlp.3.",
+    "ln_1": "ln_1",
+    "attn.in_proj_weight": "self_attention.in_proj_weight",
+    "attn.in_proj_bias": "self_attention.in_proj_bias",
+    "attn.out_proj": "self_attention.out_proj",
+    "ln_2": "ln_2",
+    "mlp.c_fc": "mlp.0",
+    "mlp.c_proj": "mlp.3",
 }
 
 
-def clip_visual(key: str) -> str | None:
-    """A CLIP ``visual.*`` key → the ``clip_vit_b32`` backbone's key; ``None`` otherwise."""
-    if key in _TOP:
-        return _TOP[key]
-    match = _BLOCK.match(key)
-    if match is None:
-        return None
-    index, inner = match.groups()
-    for old, new in _INNER.items():
-        if inner.startswith(old):
-            return f"encoder.layers.encoder_layer_{index}.{new}{inner[len(old) :]}"
-    return f"encoder.layers.encoder_layer_{index}.{inner}"  # unknown: reported, not loaded
+#: a CLIP ``visual.*`` key → the ``clip_vit_b32`` backbone's key; ``None`` otherwise
+clip_visual = vit_keys(VISUAL, _TOP, _BLOCK, _INNER)
 
 
 def blocks(state: Mapping[str, Tensor]) -> dict[str, Any]:
     """The image tower's depth, counted from its keys (12 in every released CheXzero model)."""
-    found = {int(m.group(1)) for k in state if (m := _BLOCK.match(k))}
+    tower = (k[len(VISUAL) :] for k in state if k.startswith(VISUAL))
+    found = {int(m.group(1)) for k in tower if (m := _BLOCK.match(k))}
     return {"depth": max(found) + 1} if found else {}
 
 
