@@ -127,6 +127,7 @@ RANGES: dict[str, tuple[float, float, bool, str]] = {
     "num_nodes": (1, math.inf, True, "an integer >= 1"),
     "log_every": (1, math.inf, True, "an integer >= 1"),
     "val_every": (1, math.inf, True, "an integer >= 1"),
+    "val_limit": (0, math.inf, True, "an integer >= 0 (0: the whole val split)"),
     "limit_pairs": (1, math.inf, True, "an integer >= 1 (or null for all)"),
     "workers": (0, math.inf, True, "an integer >= 0"),
     "checkpoint_every": (0, math.inf, True, "an integer >= 0 (0: off)"),

@@ -148,3 +148,21 @@ def test_official_recipe_layers_the_method_yaml_section_over_the_preset() -> Non
         load_config("convirt", "small", ["recipe=official"])
     with pytest.raises(ConfigError, match="one of unified, official"):
         load_config("mgca", "small", ["recipe=paper"])
+
+
+def test_a_presets_task_section_applies_to_that_task_only(tmp_path, monkeypatch) -> None:
+    """``transfer_<task>:`` merges after ``transfer_<kind>:`` for one task; a section naming
+    neither a kind nor a task is an error naming the preset file."""
+    from cxrbench.runner import resolve
+
+    rsna = resolve.load_task("rsna_seg", "small")
+    assert rsna.cfg.train.val_limit == 200 and rsna.cfg.train.patience == 6  # its own section
+    siim = resolve.load_task("siim_seg", "small")
+    assert siim.cfg.train.val_limit == 0 and siim.cfg.train.patience == 3  # the kind's only
+    assert rsna.cfg.train.val_every == siim.cfg.train.val_every == 2  # kind's, shared
+
+    bad = tmp_path / "small.yaml"
+    bad.write_text("transfer_rsna_segm:\n  train:\n    patience: 1\n")
+    monkeypatch.setattr(resolve, "packaged_config", lambda kind, name: bad)
+    with pytest.raises(ConfigError, match=r"transfer_rsna_segm.*transfer_<task>"):
+        resolve.load_task("rsna_seg", "small")

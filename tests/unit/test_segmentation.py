@@ -321,6 +321,10 @@ def test_siim_seg_on_synth_tiny(synth_tiny: Path) -> None:
         for path, label, record in zip(items.paths, items.labels, items.targets, strict=True):
             assert bool(record.mask(*image_size(path)).any()) == bool(label[0])
     assert int(data.val.labels.sum()) < len(data.val.ids)  # val keeps its negatives
+    limited = load_task("siim_seg", "tiny", ["train.val_limit=6"]).task.data(synth_tiny, 1.0)
+    assert len(limited.val.ids) == 6 and set(limited.val.ids) < set(data.val.ids)
+    assert (limited.train.ids, limited.test.ids) == (data.train.ids, data.test.ids)
+    assert limited.fingerprint != data.fingerprint  # the val images are part of the identity
 
     from cxrbench.systems import SYSTEMS
 

@@ -94,3 +94,36 @@ def test_stored_files_are_verified_and_reused(tmp_path) -> None:
 def test_missing_splits_say_how_to_make_them(tmp_path) -> None:
     with pytest.raises(DataFormatError, match="cxrbench data splits --dataset siim"):
         load_splits("siim", tmp_path / "siim-acr")
+
+
+def test_val_limit_is_a_fixed_stratified_subset_in_split_order() -> None:
+    import numpy as np
+
+    from cxrbench.data.labels import Labelled
+    from cxrbench.tasks.base import val_subset
+
+    ids = [f"img{i:03d}" for i in range(100)]
+    labels = {i: np.array([1.0 if n % 4 == 0 else 0.0]) for n, i in enumerate(ids)}  # 25 % positive
+    labelled = Labelled("multilabel", ("Pneumonia",), {i: Path(i) for i in ids}, labels)
+    assert val_subset(ids, labelled, 0) == ids and val_subset(ids, labelled, 100) == ids
+    sub = val_subset(ids, labelled, 40)
+    assert len(sub) == 40 and sub == [i for i in ids if i in set(sub)]  # split order kept
+    assert sum(labels[i][0] for i in sub) == 10  # the split's 25 % positives
+    # the ids decide, not their order
+    assert val_subset(list(reversed(ids)), labelled, 40) == list(reversed(sub))
+    assert set(val_subset(ids, labelled, 20)) <= set(sub)  # nested within a stratum's hash order
+    # more positives wanted than negatives exist: the rest comes from the other stratum
+    few_neg = {i: np.array([0.0 if n < 3 else 1.0]) for n, i in enumerate(ids)}
+    skew = Labelled("multilabel", ("Pneumonia",), {i: Path(i) for i in ids}, few_neg)
+    assert len(val_subset(ids, skew, 50)) == 50
+
+
+def test_val_limit_enters_the_config_hash_only_when_set() -> None:
+    from cxrbench.runner.resolve import load_task
+
+    base = load_task("siim_seg", "small")
+    assert load_task("siim_seg", "small", ["train.val_limit=0"]).config_hash == base.config_hash
+    limited = load_task("siim_seg", "small", ["train.val_limit=200"])
+    assert limited.cfg.train.val_limit == 200 and limited.config_hash != base.config_hash
+    with pytest.raises(CxrbenchError, match="val_limit"):
+        load_task("siim_seg", "small", ["train.val_limit=-1"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from cxrbench.systems.base import loader
@@ -50,3 +52,51 @@ def test_a_capped_epoch_has_a_fixed_size_and_draws_every_item_in_turn() -> None:
     stream = [i for drawn in epochs for i in drawn]  # consecutive parts of one stream
     assert sorted(stream[:20]) == sorted(stream[20:40]) == rows  # every item once per pass
     assert stream[:20] != stream[20:40]  # each pass reshuffled
+
+
+def test_cosine_schedule_decays_per_step_to_zero_over_the_planned_steps() -> None:
+    import lightning as L
+
+    from cxrbench.systems.base import TransferSystem
+
+    class Probe(TransferSystem):
+        def __init__(self, schedule: str) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 1)
+            self.cfg = _cfg(4, 0)
+            self.cfg.optim.schedule = schedule
+            self.lrs: list[float] = []
+
+        def training_step(self, batch, batch_idx):  # type: ignore[no-untyped-def]
+            self.lrs.append(self.optimizers().param_groups[0]["lr"])  # type: ignore[union-attr]
+            return self.layer(batch).pow(2).mean()
+
+        def configure_optimizers(self):  # type: ignore[no-untyped-def]
+            return self.adamw([{"params": self.layer.parameters(), "lr": 0.1}], self.cfg.optim)
+
+    runs = {}
+    for schedule in ("constant", "cosine"):
+        system = Probe(schedule)
+        trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+        trainer.fit(system, torch.utils.data.DataLoader(torch.randn(20, 4), batch_size=4))
+        runs[schedule] = system.lrs
+    assert runs["constant"] == [0.1] * 10
+    cosine = runs["cosine"]
+    assert len(cosine) == 10 and cosine[0] == 0.1 and cosine[-1] > 0
+    assert all(a > b for a, b in itertools.pairwise(cosine))
+    assert abs(cosine[5] - 0.05) < 1e-9  # half-way through the 10 planned steps: half the lr
+
+
+def test_unknown_schedule_is_a_config_error() -> None:
+    import pytest
+
+    from cxrbench.errors import ConfigError
+    from cxrbench.runner.resolve import load_task
+
+    with pytest.raises(ConfigError, match=r"optim\.schedule.*cosine"):
+        load_task("siim_seg", "tiny", ["optim.schedule=linear"])
+    assert (
+        load_task("siim_seg", "tiny", ["optim.schedule=constant"]).config_hash
+        == load_task("siim_seg", "tiny").config_hash
+    )

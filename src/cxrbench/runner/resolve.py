@@ -14,7 +14,7 @@ This is the only module that merges config layers and computes config hashes:
   (:func:`load_config`), the overrides being the suite's, the method's, the seed and, for a job
   with more than one GPU or node, Lightning DDP over them (:func:`pretrain_overrides`);
 - transfer: ``configs/task/<t>.yaml ← its fractions.<f>: ← preset transfer: ← preset
-  transfer_<kind>: ← overrides`` (:func:`load_task`).
+  transfer_<kind>: ← preset transfer_<task>: ← overrides`` (:func:`load_task`).
 
 Keys that do not change a result (workers, progress bars, where datasets live) stay out of the
 hashes.
@@ -70,7 +70,11 @@ TRAIN_KEYS_ADDED = (
     ("max_steps_per_epoch", 0),
     ("ema", 0.0),
     ("val_every", 1),
+    ("val_limit", 0),
 )
+#: ``optim.*`` keys of transfer added after results existed, handled as :data:`TRAIN_KEYS_ADDED`
+OPTIM_KEYS_ADDED = (("schedule", "constant"),)
+SCHEDULES = ("constant", "cosine")
 TRANSFER_NON_RESULT_KEYS = (
     "train.workers",
     "trainer.progress",
@@ -80,7 +84,7 @@ TRANSFER_NON_RESULT_KEYS = (
     "train.eval_batch_size",
     "data",
 )
-PRESET_SECTIONS = ("pretrain", "transfer", "transfer_<kind>")
+PRESET_SECTIONS = ("pretrain", "transfer", "transfer_<kind>", "transfer_<task>")
 SYNTH_PRESETS = {"tiny": "tiny", "small": "small"}  # trainer preset → its SynthCXR corpus
 
 
@@ -105,10 +109,14 @@ class TransferJob:
 
 def preset_section(preset: str, section: str) -> Layer:
     """A section of ``configs/trainer/<preset>.yaml``: ``pretrain:``, ``transfer:`` (every task)
-    or ``transfer_<kind>:`` (tasks of one kind, merged after ``transfer:``); empty when absent."""
+    ``transfer_<kind>:`` (tasks of one kind, merged after ``transfer:``) or ``transfer_<task>:``
+    (one task, merged last: where a task needs its own CPU schedule); empty when absent."""
+    from cxrbench.suite import TASK_KINDS
+
     layer = load_yaml(packaged_config("trainer", preset))
     keys = [str(k) for k in layer.values]
-    unknown = sorted(k for k in keys if k not in PRESET_SECTIONS[:2] and k[:9] != "transfer_")
+    known = {*PRESET_SECTIONS[:2], *(f"transfer_{k}" for k in (*TASK_KINDS, *TASKS.names()))}
+    unknown = sorted(k for k in keys if k not in known)
     if unknown:
         expected = "presets hold " + ", ".join(f"{s}:" for s in PRESET_SECTIONS)
         raise ConfigError(layer.source, unknown[0], expected)
@@ -197,7 +205,8 @@ def load_task(
     fraction: float | None = None,
 ) -> TransferJob:
     """Validate ``configs/task/<name>.yaml`` (with its ``fractions:`` entry for ``fraction``) +
-    the preset's ``transfer:`` and ``transfer_<kind>:`` + ``--set`` overrides."""
+    the preset's ``transfer:``, ``transfer_<kind>:`` and ``transfer_<task>:`` + ``--set``
+    overrides."""
     cls = TASKS.get(name)
     task_layer = load_yaml(packaged_config("task", name))
     layers = [
@@ -205,10 +214,17 @@ def load_task(
         *_fraction_layers(task_layer, fraction),
         preset_section(preset, "transfer"),
         preset_section(preset, f"transfer_{cls.kind}"),
+        preset_section(preset, f"transfer_{name}"),
         parse_overrides(overrides or []),
     ]
     cfg = build(TaskConfig, layers)
     check_ranges(cfg, layers)
+    if cfg.optim.schedule not in SCHEDULES:
+        raise ConfigError(
+            None,
+            "optim.schedule",
+            f"expected one of {', '.join(SCHEDULES)}, got {cfg.optim.schedule!r}",
+        )
     if cfg.dataset != cls.dataset:
         raise ConfigError(
             task_layer.source,
@@ -222,6 +238,9 @@ def load_task(
     for key, default in TRAIN_KEYS_ADDED:
         if plain["train"][key] == default:
             del plain["train"][key]  # at its default: the hashes of earlier results hold
+    for key, default in OPTIM_KEYS_ADDED:
+        if plain["optim"][key] == default:
+            del plain["optim"][key]
     plain["task"] = {"name": name, **cls.describe()}
     return TransferJob(cls(name, cfg), cfg, config_hash(plain), fraction)
 

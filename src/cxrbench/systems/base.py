@@ -25,10 +25,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from cxrbench.data.resumable import EvalLoader, ResumableLoader
+from cxrbench.systems.schedule import warmup_cosine
 
 if TYPE_CHECKING:
     from cxrbench.data.features import FeatureCache
-    from cxrbench.tasks.base import Task, TaskConfig, TaskData
+    from cxrbench.tasks.base import OptimSpec, Task, TaskConfig, TaskData
 
 
 @dataclass
@@ -65,6 +66,19 @@ class TransferSystem(L.LightningModule):
     ) -> Prepared:
         """Build the system (head on ``encoder``, frozen or not per ``cfg``) and its loaders."""
         raise NotImplementedError
+
+    def adamw(self, groups: list[dict[str, Any]], optim: OptimSpec) -> Any:
+        """AdamW on ``groups`` with ``optim``'s decay and betas, and its ``schedule``: constant
+        (the papers' probes), or a per-step cosine decay to 0 over the trainer's planned steps
+        (``max_epochs`` × batches per epoch; early stopping may end the run before it)."""
+        opt = torch.optim.AdamW(
+            groups, weight_decay=optim.weight_decay, betas=(optim.betas[0], optim.betas[1])
+        )
+        if optim.schedule == "constant":
+            return opt
+        total = int(self.trainer.estimated_stepping_batches)
+        sched = warmup_cosine(opt, total, warmup=0.0, min_ratio=0.0)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
 def loader(

@@ -198,6 +198,4 @@ class ClassificationSystem(TransferSystem):
                     "lr": o.lr * o.encoder_lr_scale,
                 }
             )
-        return torch.optim.AdamW(
-            groups, weight_decay=o.weight_decay, betas=(o.betas[0], o.betas[1])
-        )
+        return self.adamw(groups, o)

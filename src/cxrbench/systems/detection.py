@@ -334,9 +334,7 @@ class DetectionSystem(TransferSystem):
         if self.cfg.probe.finetune:
             trainable = [p for p in self.detector.encoder.parameters() if p.requires_grad]
             groups.append({"params": trainable, "lr": o.lr * o.encoder_lr_scale})
-        return torch.optim.AdamW(
-            groups, weight_decay=o.weight_decay, betas=(o.betas[0], o.betas[1])
-        )
+        return self.adamw(groups, o)
 
 
 __all__ = [

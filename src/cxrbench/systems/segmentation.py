@@ -388,6 +388,4 @@ class SegmentationSystem(TransferSystem):
                     "lr": o.lr * o.encoder_lr_scale,
                 }
             )
-        return torch.optim.AdamW(
-            groups, weight_decay=o.weight_decay, betas=(o.betas[0], o.betas[1])
-        )
+        return self.adamw(groups, o)

@@ -59,6 +59,9 @@ class OptimSpec:
     weight_decay: float = 1e-6
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     encoder_lr_scale: float = 0.1  # finetune mode only
+    # "constant" (the papers' probes) or "cosine": cosine decay from lr to 0 over the run's
+    # max_epochs (systems/schedule.py; a run that early-stops ends before the decay does)
+    schedule: str = "constant"
 
 
 @dataclass
@@ -72,6 +75,9 @@ class TrainSpec:
     # batch size of the val and test loaders (0: batch_size). Every evaluation metric and loss is
     # computed over the whole split, so it changes only float rounding and speed
     eval_batch_size: int = 0
+    # > 0: validate on a fixed subset of at most this many val images, the same for every run,
+    # method and seed (``val_subset``); 0: the whole val split, as the papers
+    val_limit: int = 0
     min_steps_per_epoch: int = 0  # >0: small training sets are re-passed (systems/base.py)
     max_steps_per_epoch: int = 0  # >0: an epoch is at most this many batches (systems/base.py)
     # dense tasks, frozen and not augmenting: keep the encoder's maps of the run's images in
@@ -172,7 +178,7 @@ class Task:
         splits = make_splits(self.dataset, folder)
         parts = {
             "train": splits.fraction(fraction),
-            "val": list(splits.val),
+            "val": val_subset(list(splits.val), labelled, self.cfg.train.val_limit),
             "test": list(splits.test),
         }
         records = self.annotations(index)
@@ -199,6 +205,28 @@ class Task:
             "metric": cls.metric,
             "higher_is_better": cls.higher_is_better,
         }
+
+
+def val_subset(ids: list[str], labelled: Labelled, limit: int) -> list[str]:
+    """At most ``limit`` of the val ``ids`` (all of them when ``limit`` is 0 or not smaller),
+    in their split order: a fixed draw that depends on the ids only, never on the seed, so every
+    run validates on the same images.
+
+    Images with a positive label and images without one are drawn in their split's proportion
+    (largest remainder), each stratum in the order of sha256(id): the draw for a smaller limit is
+    nearly a subset of a larger one's, and adding images to the split moves few choices."""
+    if limit <= 0 or limit >= len(ids):
+        return ids
+    positive = [i for i in ids if bool(np.any(labelled.labels[i] > 0))]
+    negative = [i for i in ids if not np.any(labelled.labels[i] > 0)]
+    n_pos = round(limit * len(positive) / len(ids))
+    n_pos = min(max(n_pos, limit - len(negative)), len(positive))
+
+    def first(group: list[str], n: int) -> set[str]:
+        return set(sorted(group, key=lambda i: hashlib.sha256(i.encode()).hexdigest())[:n])
+
+    keep = first(positive, n_pos) | first(negative, limit - n_pos)
+    return [i for i in ids if i in keep]
 
 
 def _items(labelled: Labelled, ids: list[str], records: dict[str, Any] | None = None) -> Items:
