@@ -139,3 +139,33 @@ class PretrainMethod(nn.Module):
     def train_dataset(self, data_root: Path, split: str) -> torch.utils.data.Dataset | None:
         """A method that does not learn from image–report pairs returns its own dataset here."""
         return None
+
+    # ------------------------------------------------ the image–text space (zero-shot, retrieval)
+    #: whether the method has a shared image–text space that zero-shot and retrieval tasks score
+    #: through :meth:`encode_images`, :meth:`encode_texts` and :meth:`similarity`; such a method
+    #: is exported with its text side as well (``models/vl_artifact.py``)
+    vl_space: ClassVar[bool] = False
+
+    def encode_images(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What the shared space keeps of a batch of images (eval mode, no gradients needed):
+        tensors whose first dimension is the batch, so the batches of a split concatenate."""
+        raise NotImplementedError(f"{type(self).__name__} has no image–text space")
+
+    def encode_texts(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """What the shared space keeps of a batch of texts (reports or prompts), as
+        :meth:`encode_images`."""
+        raise NotImplementedError(f"{type(self).__name__} has no image–text space")
+
+    def similarity(
+        self, images: dict[str, torch.Tensor], texts: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """``(n_images, n_texts)`` scores, higher for a better match. The default is the cosine
+        of the ``"global"`` entries (which :meth:`encode_images` / :meth:`encode_texts` return
+        L2-normalised): the global similarity the contrastive methods train."""
+        return images["global"] @ texts["global"].t()
+
+    def text_cls(self, texts: list[str], device: torch.device) -> torch.Tensor:
+        """The text tower's [CLS] features of ``texts`` (for :meth:`encode_texts`)."""
+        assert self.text is not None, "a method with an image–text space has a text tower"
+        tokens = {k: v.to(device) for k, v in self.text.tokenize(list(texts)).items()}
+        return self.text(tokens["input_ids"], tokens["attention_mask"]).cls

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from cxrbench.errors import ConfigError
 from cxrbench.losses.contrastive import info_nce
@@ -46,6 +47,7 @@ class ConvirtConfig:
 @METHODS.register("convirt")
 class ConVIRT(PretrainMethod):
     Config = ConvirtConfig
+    vl_space = True  # zero-shot / retrieval: cosine of the projected image and [CLS] embeddings
 
     def __init__(self, params: ConvirtConfig, backbone: Any, text: Any, run: Any) -> None:
         super().__init__(params, backbone, text, run)
@@ -67,6 +69,13 @@ class ConVIRT(PretrainMethod):
         tokens = {k: v.to(image.device) for k, v in self.text.tokenize(batch["text"]).items()}
         text = self.text(tokens["input_ids"], tokens["attention_mask"]).cls
         return self.image_proj(self.backbone(image).pooled), self.text_proj(text)
+
+    def encode_images(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"global": F.normalize(self.image_proj(self.backbone(image).pooled), dim=-1)}
+
+    def encode_texts(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        cls = self.text_cls(texts, next(self.text_proj.parameters()).device)
+        return {"global": F.normalize(self.text_proj(cls), dim=-1)}
 
     def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         v, u = self.embed(batch)

@@ -70,9 +70,8 @@ def export_encoder(
     pipeline's :data:`NORMALIZATION`); :func:`load_encoder` applies them inside the backbone.
     """
     out_dir = Path(out_dir)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in backbone.state_dict().items()}
     weights = out_dir / WEIGHTS_FILE
-    atomic_write_bytes(weights, safetensors.torch.save(state, metadata={"format": "pt"}))
+    atomic_write_bytes(weights, encoder_bytes(backbone))
     meta: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "backbone": backbone.name,
@@ -95,6 +94,13 @@ def export_encoder(
         raise ArtifactError(f"{out_dir / META_FILE}: metadata is not JSON: {err}") from err
     atomic_write_text(out_dir / META_FILE, text)
     return out_dir
+
+
+def encoder_bytes(backbone: Backbone) -> bytes:
+    """The bytes of ``encoder.safetensors`` for ``backbone``: its state dict as contiguous CPU
+    tensors (the same weights always give the same bytes, hence the same sha256)."""
+    state = {k: v.detach().to("cpu").contiguous() for k, v in backbone.state_dict().items()}
+    return safetensors.torch.save(state, metadata={"format": "pt"})
 
 
 def read_meta(out_dir: Path) -> dict[str, Any]:

@@ -233,22 +233,33 @@ def default_run_dir(job: PretrainJob, out: Path | None = None) -> Path:
     return base / job.preset / job.cfg.method / f"s{job.cfg.seed}"
 
 
+def stored_job(run_dir: Path) -> PretrainJob:
+    """The job of a pre-training run folder, from its ``config.yaml`` (not re-merged)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise CxrbenchError(f"{run_dir}: no config.yaml; is this a pre-training run folder?")
+    stored = load_yaml(path).values
+    preset = str(stored.pop("preset"))
+    stored_hash = str(stored.pop("config_hash"))  # the run's own: its config is not re-merged
+    job_cfg = build(PretrainConfig, [Layer(str(path), stored)])
+    params = build(METHODS.get(job_cfg.method).Config, [Layer(str(path), stored.get("params", {}))])
+    return PretrainJob(job_cfg, params, preset, stored_hash)
+
+
+def _load_trained(method: PretrainMethod, ckpt: Path) -> None:
+    state = load_checkpoint(ckpt)["state_dict"]
+    prefix = "method."
+    method.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+
+
 def export_checkpoint(run_dir: Path, ckpt: Path | None = None, out: Path | None = None) -> Path:
     """Export the encoder of a (possibly unfinished) run from a Lightning checkpoint."""
 
     run_dir = Path(run_dir)
-    stored = load_yaml(run_dir / "config.yaml").values
-    preset = str(stored.pop("preset"))
-    stored_hash = str(stored.pop("config_hash"))  # the run's own: its config is not re-merged
-    job_cfg = build(PretrainConfig, [Layer(str(run_dir / "config.yaml"), stored)])
-    job = PretrainJob(job_cfg, build(METHODS.get(job_cfg.method).Config,
-                                     [Layer("config.yaml", stored.get("params", {}))]),
-                      preset, stored_hash)  # fmt: skip
+    job = stored_job(run_dir)
     ckpt = ckpt or run_dir / LAST_CHECKPOINT
-    state = load_checkpoint(ckpt)["state_dict"]
     method = build_method(job, _text_path_for_export(job, run_dir))
-    prefix = "method."
-    method.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+    _load_trained(method, ckpt)
     target = Path(out) if out is not None else run_dir / "encoder"
     extra = {"pretrain_seed": job.cfg.seed, "checkpoint": str(ckpt)}
     return export_encoder(
@@ -258,6 +269,63 @@ def export_checkpoint(run_dir: Path, ckpt: Path | None = None, out: Path | None 
         config_hash=job.config_hash,
         extra=extra,
     )
+
+
+def export_vl_from_run(run_dir: Path, data_root: Path | None = None) -> Path:
+    """Write ``RUN/vl``, the vision–language artifact (``models/vl_artifact.py``), of a finished
+    pre-training run, for zero-shot and retrieval tasks; returns it (as is when present).
+
+    A trained method's text side and heads come from ``checkpoints/last.ckpt``, saved after the
+    last step; a method that trains nothing (``random_init``) is rebuilt from its seed with the
+    text tower every method starts from (``text.model``, ``auto``: the corpus BERT, which needs
+    ``data_root``). Either way the image encoder rebuilt alongside must hash to the run's encoder
+    artifact, or nothing is written: the heads belong to exactly that encoder."""
+    from cxrbench.models.artifact import encoder_bytes, read_meta
+    from cxrbench.models.vl_artifact import VL_DIR, VL_META, VLArtifactError, export_vl
+
+    run_dir = Path(run_dir)
+    target = run_dir / VL_DIR
+    with exclusive(run_dir):
+        if (target / VL_META).is_file():
+            return target
+        if not finished("pretrain", run_dir):
+            raise CxrbenchError(f"{run_dir}: the pre-training has not finished (no encoder yet)")
+        job = stored_job(run_dir)
+        cls = METHODS.get(job.cfg.method)
+        if not cls.vl_space:
+            raise VLArtifactError(
+                f"{run_dir}: method {job.cfg.method!r} has no image–text space (zero-shot and "
+                "retrieval tasks need one)"
+            )
+        L.seed_everything(job.cfg.seed, workers=True, verbose=False)
+        if cls.trains:
+            method = build_method(job, _text_path_for_export(job, run_dir))
+            _load_trained(method, run_dir / LAST_CHECKPOINT)
+        else:
+            if job.cfg.text.model != "auto":
+                text_path = Path(job.cfg.text.model)
+            elif data_root is None:
+                raise CxrbenchError(f"{run_dir}: the corpus text model needs a data root")
+            else:
+                from cxrbench.models.text_corpus import pretrain_text
+
+                mimic_root = dataset_folder("mimic", Path(data_root), job.cfg.data)
+                text_preset = "tiny" if job.preset == "tiny" else "small"
+                text_path = Path(pretrain_text(mimic_root, preset=text_preset, seed=0,
+                                               progress=False)["path"])  # fmt: skip
+            method = build_method(job, text_path)
+        encoder = read_meta(run_dir / ENCODER_DIR)
+        rebuilt = hashlib.sha256(encoder_bytes(method.image_encoder())).hexdigest()
+        if rebuilt != encoder["sha256"]:
+            raise VLArtifactError(
+                f"{run_dir}: the image encoder rebuilt for the text side (sha256 {rebuilt}) is "
+                f"not the run's encoder artifact ({encoder['sha256']}); its checkpoint is not "
+                "the final state, so no vision–language artifact is written"
+            )
+        method.eval()
+        return export_vl(method, target, encoder_sha256=str(encoder["sha256"]),
+                         params=to_plain(job.params), pretrain_config=to_plain(job.cfg),
+                         config_hash=job.config_hash, extra={"preset": job.preset})  # fmt: skip
 
 
 def _text_path_for_export(job: PretrainJob, run_dir: Path) -> Path | None:
