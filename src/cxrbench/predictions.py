@@ -13,6 +13,8 @@ same bytes) of plain arrays (no pickles), one entry per image in test-set order:
 * ``classification``: ``label_kind`` (multilabel | multiclass), ``classes`` (C,), ``targets``
   (N, C) the 0/1 (one-hot for multiclass) labels, ``scores`` (N, C) float32, the sigmoid (multi-
   label) or softmax (multiclass) of the head's logits: what the metrics were computed from;
+* ``zeroshot``: as ``classification``, ``scores`` being the class scores of the prompts
+  (``systems/zeroshot.py``);
 * ``segmentation``: the per-image Dice terms ``intersection``, ``predicted``, ``target`` (pixel
   counts of P ∩ T, P and T at the protocol's size and threshold) and ``dice`` (N,) float64;
 * ``detection``: the kept detections and the ground truth as flat arrays with per-image counts
@@ -39,7 +41,9 @@ import numpy as np
 from cxrbench.errors import CxrbenchError, file_errors
 from cxrbench.utils.io import atomic_write_bytes, sha256_file
 
-KINDS = ("classification", "segmentation", "detection")
+KINDS = ("classification", "segmentation", "detection", "zeroshot")
+#: the array layout of each kind: zero-shot classification scores its classes like a head does
+LAYOUT = {k: k for k in KINDS} | {"zeroshot": "classification"}
 REQUIRED = {
     "classification": ("label_kind", "classes", "targets", "scores"),
     "segmentation": ("intersection", "predicted", "target", "dice"),
@@ -119,7 +123,8 @@ def check(arrays: dict[str, np.ndarray], path: Path | str = "predictions") -> No
     kind = str(arrays["kind"])
     if kind not in KINDS:
         raise CxrbenchError(f"{path}: unknown kind {kind!r}; one of {', '.join(KINDS)}")
-    missing = [k for k in REQUIRED[kind] if k not in arrays]
+    layout = LAYOUT[kind]
+    missing = [k for k in REQUIRED[layout] if k not in arrays]
     if missing:
         raise CxrbenchError(f"{path}: {kind} predictions without {missing[0]!r}")
     n = len(np.asarray(arrays["ids"]))
@@ -127,7 +132,7 @@ def check(arrays: dict[str, np.ndarray], path: Path | str = "predictions") -> No
         "classification": ("targets", "scores"),
         "segmentation": ("intersection", "predicted", "target", "dice"),
         "detection": ("pred_count", "gt_count"),
-    }[kind]
+    }[layout]
     for key in per_image:
         if len(np.asarray(arrays[key])) != n:
             raise CxrbenchError(
@@ -156,17 +161,21 @@ class Predictions:
     def __len__(self) -> int:
         return len(self.ids)
 
+    @property
+    def layout(self) -> str:
+        return LAYOUT[self.kind]
+
     def metric_names(self) -> tuple[str, ...]:
         """The metrics this file can give (classification accuracy: multiclass tasks only)."""
-        if self.kind == "classification" and str(self.arrays["label_kind"]) != "multiclass":
+        if self.layout == "classification" and str(self.arrays["label_kind"]) != "multiclass":
             return ("auroc",)
-        return METRICS[self.kind]
+        return METRICS[self.layout]
 
     def truth_digest(self) -> str:
         """sha256 of the image ids and their ground truth: equal for two runs on the same test
         images with the same labels."""
         digest = hashlib.sha256()
-        for key in ("ids", *TRUTH[self.kind]):
+        for key in ("ids", *TRUTH[self.layout]):
             array = np.ascontiguousarray(self.arrays[key])
             digest.update(f"{key}:{array.dtype.str}:{array.shape}".encode())
             digest.update(array.tobytes())
@@ -177,13 +186,13 @@ class Predictions:
         order = np.asarray(order, dtype=np.int64)
         arrays = dict(self.arrays)
         arrays["ids"] = self.ids[order]
-        if self.kind == "detection":
+        if self.layout == "detection":
             from cxrbench.metrics.detection import pack_boxes, unpack_boxes
 
             preds, gts = unpack_boxes(self.arrays)
             arrays.update(pack_boxes([preds[i] for i in order], [gts[i] for i in order]))
         else:
-            for key in REQUIRED[self.kind]:
+            for key in REQUIRED[self.layout]:
                 if key not in ("label_kind", "classes"):
                     arrays[key] = self.arrays[key][order]
         return Predictions(self.path, arrays)
@@ -194,7 +203,7 @@ class Predictions:
         from cxrbench.metrics import detection
 
         a = self.arrays
-        if self.kind == "classification":
+        if self.layout == "classification":
             out = {}
             if str(a["label_kind"]) == "multiclass":
                 out["test/accuracy"] = cls_metrics.accuracy(a["scores"], a["targets"])
@@ -202,7 +211,7 @@ class Predictions:
                 a["scores"], a["targets"], [str(c) for c in a["classes"]]
             )
             return out
-        if self.kind == "segmentation":
+        if self.layout == "segmentation":
             from cxrbench.metrics.segmentation import dice_summary
 
             if len(a["dice"]) == 0:
@@ -221,9 +230,9 @@ class Predictions:
             return None
         from cxrbench.metrics.resample import strata_of
 
-        if self.kind == "classification":
+        if self.layout == "classification":
             return strata_of(self.arrays["targets"])
-        if self.kind == "segmentation":
+        if self.layout == "segmentation":
             return (np.asarray(self.arrays["target"]) > 0).astype(np.int64)
         return (np.asarray(self.arrays["gt_count"]) > 0).astype(np.int64)
 

@@ -23,7 +23,7 @@ from cxrbench.errors import ConfigError, RegistryError
 
 PROTOCOL_SEEDS = [42, 0, 1]
 ENCODER_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")
-TASK_KINDS = ("classification", "segmentation", "detection")
+TASK_KINDS = ("classification", "segmentation", "detection", "zeroshot", "retrieval")
 
 
 @dataclass

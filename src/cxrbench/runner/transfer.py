@@ -153,6 +153,9 @@ def _run_transfer(
     reopen(run_dir)  # orphan temp files of killed writes removed
     start = time.perf_counter()
     system_cls = SYSTEMS.get(job.task.kind)
+    if not getattr(system_cls, "trains", True):  # zero-shot, retrieval: evaluation only
+        return _run_evaluation(job, system_cls, artifact, data_root, fraction, seed, run_dir,
+                               suite, row, start)  # fmt: skip
     encoder, meta = load_encoder(Path(artifact))
     data = job.task.data(Path(data_root), fraction)
     if not job.cfg.probe.finetune:
@@ -213,6 +216,84 @@ def _run_transfer(
         extra=_encoder_source(meta) if row else {},
     )
     write_record(result, record)  # last: the run's "finished" marker
+    return record
+
+
+def vision_language(artifact: Path, data_root: Path) -> Path:
+    """The vision–language artifact of an encoder artifact: ``vl/`` beside it, written from the
+    pre-training run folder it sits in when missing (``runner.pretrain.export_vl_from_run``)."""
+    from cxrbench.models.vl_artifact import VL_DIR, VL_META, VLArtifactError
+
+    run = Path(artifact).parent
+    if (run / VL_DIR / VL_META).is_file():
+        return run / VL_DIR
+    if not (run / "config.yaml").is_file():
+        raise VLArtifactError(
+            f"{artifact}: no vision–language artifact beside it ({run / VL_DIR}), and it is not "
+            "in a pre-training run folder to export one from; zero-shot and retrieval tasks need "
+            "the method's text side (an imported image encoder has none)"
+        )
+    from cxrbench.runner.pretrain import export_vl_from_run
+
+    log.info("exporting the text side of %s for zero-shot / retrieval tasks", run)
+    return export_vl_from_run(run, data_root)
+
+
+def _run_evaluation(
+    job: TransferJob,
+    system_cls: Any,
+    artifact: Path,
+    data_root: Path,
+    fraction: float,
+    seed: int,
+    run_dir: Path,
+    suite: str,
+    row: str | None,
+    start: float,
+) -> ResultRecord:
+    """A task kind that trains nothing: the method rebuilt from its vision–language artifact is
+    evaluated once (no checkpoints: a killed run simply starts again)."""
+    import torch
+
+    from cxrbench.models.vl_artifact import load_vl
+
+    quiet_libraries()
+    vl_dir = vision_language(artifact, data_root)
+    method, vl_meta = load_vl(vl_dir, artifact)
+    data = job.task.data(data_root, fraction)
+    L.seed_everything(seed, workers=True, verbose=False)
+    evaluated = system_cls.evaluate(job.task, job.cfg, data, method)
+    predictions_sha256 = _write_predictions(run_dir, job, evaluated, data.test.ids)
+    meta = {"method": vl_meta["method"], "sha256": vl_meta["encoder_sha256"],
+            "extra": {"pretrain_seed": vl_meta["pretrain_config"].get("seed", 0)}}  # fmt: skip
+    record = ResultRecord(
+        suite=suite,
+        method=row or str(meta["method"]),
+        task=job.task.name,
+        task_version=job.task.version,
+        fraction=fraction,
+        seed=seed,
+        pretrain_seed=int(meta["extra"]["pretrain_seed"]),
+        metric=f"test/{job.task.metric}",
+        higher_is_better=job.task.higher_is_better,
+        metrics=dict(evaluated.test_results),
+        config_hash=job.config_hash,
+        code_version=code_version(),
+        encoder_sha256=str(meta["sha256"]),
+        split_hash=data.split_hash,
+        data_fingerprint=data.fingerprint,
+        probe_mode=evaluated.probe_mode,
+        wall_seconds=round(time.perf_counter() - start, 2),
+        device=device_name(torch.device("cpu")),
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        predictions_sha256=predictions_sha256,
+        extra={
+            **evaluated.extra,
+            "vl_heads_sha256": vl_meta["heads_sha256"],
+            "text_sha256": vl_meta["text_files"].get("model.safetensors", ""),
+        },
+    )
+    write_record(run_dir / RESULT_FILE, record)
     return record
 
 

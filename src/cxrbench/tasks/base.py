@@ -193,7 +193,7 @@ class Task:
             labelled.classes,
             labelled.kind,
             splits.split_hash,
-            _fingerprint(items),
+            fingerprint_items(items),
         )
 
     @classmethod
@@ -243,7 +243,8 @@ def _items(labelled: Labelled, ids: list[str], records: dict[str, Any] | None = 
     return Items(list(ids), [labelled.paths[i] for i in ids], labels, targets)
 
 
-def _fingerprint(items: dict[str, Items]) -> str:
+def fingerprint_items(items: dict[str, Items]) -> str:
+    """sha256[:16] of the ids and labels of the train, val and test parts (``TaskData``)."""
     digest = hashlib.sha256()
     for part in ("train", "val", "test"):
         digest.update(part.encode())
