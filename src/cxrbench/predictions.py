@@ -15,6 +15,9 @@ same bytes) of plain arrays (no pickles), one entry per image in test-set order:
   label) or softmax (multiclass) of the head's logits: what the metrics were computed from;
 * ``zeroshot``: as ``classification``, ``scores`` being the class scores of the prompts
   (``systems/zeroshot.py``);
+* ``retrieval``: ``i2t_rank`` (N,) the rank of each image's own report, ``t2i_rank`` (N,) the
+  best rank of its study's images for its study's report, ``study`` (N,) its study's index
+  (``systems/retrieval.py``);
 * ``segmentation``: the per-image Dice terms ``intersection``, ``predicted``, ``target`` (pixel
   counts of P ∩ T, P and T at the protocol's size and threshold) and ``dice`` (N,) float64;
 * ``detection``: the kept detections and the ground truth as flat arrays with per-image counts
@@ -41,7 +44,7 @@ import numpy as np
 from cxrbench.errors import CxrbenchError, file_errors
 from cxrbench.utils.io import atomic_write_bytes, sha256_file
 
-KINDS = ("classification", "segmentation", "detection", "zeroshot")
+KINDS = ("classification", "segmentation", "detection", "zeroshot", "retrieval")
 #: the array layout of each kind: zero-shot classification scores its classes like a head does
 LAYOUT = {k: k for k in KINDS} | {"zeroshot": "classification"}
 REQUIRED = {
@@ -49,18 +52,21 @@ REQUIRED = {
     "segmentation": ("intersection", "predicted", "target", "dice"),
     "detection": ("pred_boxes", "pred_scores", "pred_labels", "pred_count", "gt_boxes",
                   "gt_labels", "gt_count"),
+    "retrieval": ("i2t_rank", "t2i_rank", "study"),
 }  # fmt: skip
 #: the ground truth of each kind: runs compared must agree on it image by image
 TRUTH = {
     "classification": ("targets",),
     "segmentation": ("target",),
     "detection": ("gt_boxes", "gt_labels", "gt_count"),
+    "retrieval": ("study",),
 }
 #: metrics computable from each kind's file, by short key
 METRICS = {
     "classification": ("auroc", "accuracy"),
     "segmentation": ("dice", "dice_pos", "dice_global"),
     "detection": ("map", "map_mgca", "map50"),
+    "retrieval": ("i2t_r1", "i2t_r5", "i2t_r10"),  # report→image resamples by study, not image
 }
 #: metrics undefined without positives: their bootstrap is stratified by label pattern
 NEEDS_POSITIVES = frozenset({"auroc", "map", "map_mgca", "map50", "dice_pos"})
@@ -132,6 +138,7 @@ def check(arrays: dict[str, np.ndarray], path: Path | str = "predictions") -> No
         "classification": ("targets", "scores"),
         "segmentation": ("intersection", "predicted", "target", "dice"),
         "detection": ("pred_count", "gt_count"),
+        "retrieval": ("i2t_rank", "t2i_rank", "study"),
     }[layout]
     for key in per_image:
         if len(np.asarray(arrays[key])) != n:
@@ -211,6 +218,11 @@ class Predictions:
                 a["scores"], a["targets"], [str(c) for c in a["classes"]]
             )
             return out
+        if self.layout == "retrieval":
+            from cxrbench.systems.retrieval import recalls
+
+            _, first = np.unique(a["study"], return_index=True)
+            return recalls(np.asarray(a["i2t_rank"]), np.asarray(a["t2i_rank"])[first])
         if self.layout == "segmentation":
             from cxrbench.metrics.segmentation import dice_summary
 
@@ -250,6 +262,9 @@ class Predictions:
             return lambda c: resample.macro_auroc(a["scores"], a["targets"], c)
         if metric == "accuracy":
             return lambda c: resample.accuracy(a["scores"], a["targets"], c)
+        if metric.startswith("i2t_r"):
+            hits = (np.asarray(a["i2t_rank"]) < int(metric[5:])).astype(np.float64)
+            return lambda c: resample.weighted_mean(hits, c)
         if metric == "dice":
             return lambda c: resample.weighted_mean(a["dice"], c)
         if metric == "dice_pos":
