@@ -233,3 +233,12 @@ def _names(names: list[str]) -> str:
 def _quiet(overrides: list[str]) -> list[str]:
     """Overrides without those that change no result (progress bars)."""
     return [o for o in overrides if not o.startswith("trainer.progress=")]
+
+
+def task_fractions(suite: Suite, task: str) -> list[float]:
+    """The label fractions a task runs at: the suite's, or only 1.0 for a task that trains
+    nothing (zero-shot, retrieval: no labels are used, a fraction would repeat the same run)."""
+    from cxrbench.tasks import TASKS
+
+    only = task in TASKS and TASKS.get(task).evaluation_only  # a task not registered: as listed
+    return [1.0] if only else list(suite.fractions)

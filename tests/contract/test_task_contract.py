@@ -32,8 +32,12 @@ def _first(loader: torch.utils.data.DataLoader) -> object:
     return next(iter(loader))
 
 
+TRAINED = sorted(n for n in TASKS.names() if not TASKS.get(n).evaluation_only)
+EVALUATED = sorted(n for n in TASKS.names() if TASKS.get(n).evaluation_only)
+
+
 @pytest.mark.filterwarnings(r"ignore:You are trying to `self.log\(\)`")
-@pytest.mark.parametrize("name", sorted(TASKS.names()))
+@pytest.mark.parametrize("name", TRAINED)
 def test_task_feeds_its_system_at_every_fraction(
     name: str, synth_tiny: Path, tiny_encoder: Path, tmp_path: Path
 ) -> None:
@@ -72,3 +76,32 @@ def test_task_feeds_its_system_at_every_fraction(
         with torch.no_grad():
             system.validation_step(_first(prepared.val), 0)
     assert served >= 1, f"{name}: no fraction of synth-tiny could be served"
+
+
+@pytest.mark.parametrize("name", EVALUATED)
+def test_evaluation_task_scores_a_method_with_a_text_side(
+    name: str, synth_tiny: Path, text_model: Path
+) -> None:
+    """A task that trains nothing (zero-shot, retrieval): its test items and its kind's
+    ``evaluate`` give every metric of the task, finite, and predictions the file format takes."""
+    from cxrbench.predictions import Predictions, check
+    from cxrbench.runner.pretrain import build_method
+    from cxrbench.runner.resolve import load_config, load_task
+    from cxrbench.systems import SYSTEMS
+
+    job = load_task(name, "tiny", ["train.workers=0", "trainer.progress=false"])
+    system_cls = SYSTEMS.get(job.task.kind)
+    assert system_cls.trains is False
+    data = job.task.data(synth_tiny, 1.0)
+    assert len(data.test.ids) > 0 and len(data.train.ids) == 0
+    torch.manual_seed(0)
+    config = load_config("random_init", "tiny", [f"text.model={text_model}", "text.max_length=32"])
+    method = build_method(config, text_model).eval()
+    evaluated = system_cls.evaluate(job.task, job.cfg, data, method)
+    assert f"test/{job.task.metric}" in evaluated.test_results
+    assert all(math.isfinite(v) for v in evaluated.test_results.values())
+    arrays = {**evaluated.test_predictions, "kind": job.task.kind, "task": name,
+              "ids": list(data.test.ids)}  # fmt: skip
+    check(arrays)
+    recomputed = Predictions(Path("predictions.npz"), arrays).metrics()
+    assert recomputed == pytest.approx(evaluated.test_results)

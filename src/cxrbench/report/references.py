@@ -9,8 +9,11 @@ mask at all. Per metric (short key):
   :func:`cxrbench.metrics.segmentation.dice_from_terms`; any other image 0); ``dice_pos`` and
   ``dice_global`` are 0;
 * detection, ``no detections``: every mAP variant is 0;
-* classification: ``chance``, the AUROC of uninformative scores, 0.5; ``majority class``, the
-  ``accuracy`` of always predicting the test set's most frequent class.
+* classification (and zero-shot classification): ``chance``, the AUROC of uninformative scores,
+  0.5; ``majority class``, the ``accuracy`` of always predicting the test set's most frequent
+  class;
+* retrieval, ``random ranking``: the Recall@K of a random order of the gallery
+  (:func:`cxrbench.systems.retrieval.chance`; ``r_mean`` the mean of the six).
 
 The test-set dependent ones (``dice``, ``accuracy``) are read from the runs' own
 ``predictions.npz`` (:mod:`cxrbench.predictions`): the runs of one (task, fraction) cell share the
@@ -33,24 +36,26 @@ from cxrbench.runs import PREDICTIONS_FILE
 
 log = logging.getLogger(__name__)
 
+RETRIEVAL = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "r_mean")
 #: metric (short key) → the label of its reference row
 LABELS = {
     "auroc": "chance",
     "accuracy": "majority class",
     "map": "no detections", "map50": "no detections", "map_mgca": "no detections",
     "dice": "all-empty mask", "dice_pos": "all-empty mask", "dice_global": "all-empty mask",
-}  # fmt: skip
+} | {k: "random ranking" for k in RETRIEVAL}  # fmt: skip
 #: the reference rows in table order
-ORDER = ("chance", "majority class", "no detections", "all-empty mask")
+ORDER = ("chance", "majority class", "random ranking", "no detections", "all-empty mask")
 #: references that do not depend on the test set, in metric units
 CONSTANT = {"auroc": 0.5, "map": 0.0, "map50": 0.0, "map_mgca": 0.0, "dice_pos": 0.0,
             "dice_global": 0.0}  # fmt: skip
 #: references read from a run's predictions.npz
-FROM_TEST_SET = frozenset({"dice", "accuracy"})
+FROM_TEST_SET = frozenset({"dice", "accuracy", *RETRIEVAL})
 #: what each row is, in words (for captions)
 MEANING = {
     "chance": "AUROC of uninformative scores (50)",
     "majority class": "accuracy of always predicting the test set's most frequent class",
+    "random ranking": "Recall@K of a random order of the gallery",
     "no detections": "mAP of predicting no box (0)",
     "all-empty mask": (
         "Dice of predicting an empty mask for every image, which is the share of test images "
@@ -74,8 +79,20 @@ def reference(metric: str, test_values: Mapping[str, float] | None = None) -> fl
 
 def values_from_predictions(arrays: Mapping[str, np.ndarray]) -> dict[str, float]:
     """The test-set dependent references of one run's predictions (its arrays): ``dice`` for
-    segmentation, ``accuracy`` for multiclass classification; ``{}`` for other kinds."""
-    kind = str(arrays["kind"])
+    segmentation, ``accuracy`` for multiclass classification, the Recall@K of a random ranking
+    for retrieval; ``{}`` for other kinds."""
+    from cxrbench.predictions import LAYOUT
+
+    kind = LAYOUT.get(str(arrays["kind"]), str(arrays["kind"]))
+    if kind == "retrieval":
+        from cxrbench.systems.retrieval import chance
+
+        study = np.asarray(arrays["study"])
+        if len(study) == 0:
+            return {}
+        values = {k.removeprefix("chance_"): v
+                  for k, v in chance(len(study), np.bincount(study)).items()}  # fmt: skip
+        return values | {"r_mean": float(np.mean(list(values.values())))}
     if kind == "segmentation":
         from cxrbench.metrics.segmentation import dice_from_terms
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from cxrbench.errors import CxrbenchError
 from cxrbench.report.schema import ResultRecord
 from cxrbench.report.store import collect_paths
-from cxrbench.suite import Suite, load_suite_arg
+from cxrbench.suite import Suite, load_suite_arg, task_fractions
 
 if TYPE_CHECKING:
     from cxrbench.report.published import PublishedRow
@@ -30,17 +30,21 @@ Grid = frozenset[tuple[str, str, float, int]]  # (method, task, fraction, seed) 
 PAPER_SCALE = {
     "auroc": 100.0, "accuracy": 100.0, "dice": 100.0, "dice_pos": 100.0, "dice_global": 100.0,
     "map": 100.0, "map50": 100.0, "map_mgca": 100.0,
+    **{k: 100.0 for k in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "r_mean")},
 }  # fmt: skip
 METRIC_NAMES = {
     "auroc": "AUROC", "accuracy": "ACC", "dice": "Dice", "dice_pos": "Dice (positives)",
     "dice_global": "Dice (global)", "map": "mAP", "map50": "mAP@50", "map_mgca": "mAP (MGCA)",
+    "i2t_r1": "image→report R@1", "i2t_r5": "image→report R@5", "i2t_r10": "image→report R@10",
+    "t2i_r1": "report→image R@1", "t2i_r5": "report→image R@5", "t2i_r10": "report→image R@10",
+    "r_mean": "mean R@1/5/10 both ways",
 }  # fmt: skip
 
 
 def suite_grid(suite: Suite) -> Grid:
     return frozenset(
-        (m, t, float(f), s) for m in suite.rows for t in suite.tasks for f in suite.fractions
-        for s in suite.seeds
+        (m, t, float(f), s) for m in suite.rows for t in suite.tasks
+        for f in task_fractions(suite, t) for s in suite.seeds
     )  # fmt: skip
 
 
@@ -70,7 +74,7 @@ def planned_grid(suite: Suite) -> frozenset[tuple[str, str, float, int, int]]:
     """Every run the suite plans: (method, task, fraction, pre-training seed, transfer seed)."""
     return frozenset(
         (m, t, float(f), p, s) for m in suite.rows for t in suite.tasks
-        for f in suite.fractions for p in suite.pretrain_seeds for s in suite.seeds
+        for f in task_fractions(suite, t) for p in suite.pretrain_seeds for s in suite.seeds
     )  # fmt: skip
 
 

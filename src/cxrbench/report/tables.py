@@ -60,6 +60,15 @@ class Column:
     scale: float  # display = stored value × scale
     higher_is_better: bool = True
 
+    @property
+    def label(self) -> str:
+        """The fraction as a column heading; ``zero-shot`` for a task that uses no labels."""
+        from cxrbench.tasks import TASKS
+
+        if self.task in TASKS and TASKS.get(self.task).evaluation_only:
+            return "zero-shot"
+        return f"{self.fraction * 100:g}%"
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -247,7 +256,7 @@ def _ref_cell(applies: bool, value: float | None, decimals: int, italic: str) ->
 def render_markdown(layout: Layout, *, decimals: int = 1, title: str | None = None) -> str:
     lines = [f"**{title}**", ""] if title else []
     lines.append("metrics: " + ", ".join(f"{t} {layout.metric_of(t)}" for t in layout.tasks))
-    header = ["method", *[f"{c.task} {c.fraction * 100:g}%" for c in layout.columns]]
+    header = ["method", *[f"{c.task} {c.label}" for c in layout.columns]]
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in layout.rows:
         name = row.method if row.reported is None else f"{row.method} {REPORTED}"
@@ -377,7 +386,7 @@ def _tex_head(layout: Layout) -> list[str]:
         rules.append(rf"\cmidrule(lr){{{start}-{start + len(cols) - 1}}}")
         start += len(cols)
     spec = "l" + "".join(" " + "c" * len(cols) for _, cols in groups)
-    fractions = ["Method", *[rf"{c.fraction * 100:g}\%" for c in layout.columns]]
+    fractions = ["Method", *[tex_escape(c.label) for c in layout.columns]]
     return [rf"\begin{{tabular}}{{{spec}}}", r"\toprule", " & ".join(top) + r" \\",
             " ".join(rules), " & ".join(fractions) + r" \\", r"\midrule"]  # fmt: skip
 

@@ -172,6 +172,8 @@ DEFAULT_HOURS: dict[str, dict[str, tuple[float, str]]] = {
         "classification": (0.002, "measured: 2-core CPU, rsna_cls"),
         "segmentation": (0.011, "measured: 2-core CPU, siim_seg"),
         "detection": (0.014, "measured: 2-core CPU, rsna_det"),
+        "zeroshot": (0.001, "measured on synth-small: 2-core CPU, 2-4 s"),
+        "retrieval": (0.001, "measured on synth-small: 2-core CPU, 3-4 s"),
     },
     # measured on the same CPU: ConVIRT 4 epochs 211 s, CheXpert 1% probes 2-10 s
     # (results/runs/default); dense transfers: medians of the methods_dense grid at 10% (issue
@@ -182,6 +184,9 @@ DEFAULT_HOURS: dict[str, dict[str, tuple[float, str]]] = {
         "classification": (0.003, "measured: 2-core CPU, make bench"),
         "segmentation": (0.024, "measured: 2-core CPU, median of 48 siim/rsna_seg runs at 10%"),
         "detection": (0.0071, "measured: 2-core CPU, median of 48 rsna/objectcxr_det runs at 10%"),
+        # evaluation only: one pass over 50-100 test images and the prompts / reports (issue 20)
+        "zeroshot": (0.001, "measured: 2-core CPU, chexpert_zeroshot 2-4 s"),
+        "retrieval": (0.001, "measured: 2-core CPU, mimic_retrieval 3-4 s"),
     },
     # pre-training: MGCA's author, ~1 day for 50 epochs on ~217k pairs on 2 RTX 3090 (MGCA issue
     # #2, reference/protocols-of-anchors.md §8); transfers: guesses, not measured
@@ -190,6 +195,8 @@ DEFAULT_HOURS: dict[str, dict[str, tuple[float, str]]] = {
         "classification": (0.5, "guess, not measured"),
         "segmentation": (2.0, "guess, not measured"),
         "detection": (3.0, "guess, not measured"),
+        "zeroshot": (0.05, "guess, not measured"),
+        "retrieval": (0.05, "guess, not measured"),
     },
 }
 UNTRAINED_HOURS = (0.02, "nothing is trained: build and export only")

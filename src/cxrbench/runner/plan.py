@@ -22,7 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from cxrbench.suite import Suite
+from cxrbench.methods import METHODS
+from cxrbench.suite import Suite, task_fractions
 from cxrbench.suite import load_suite as load_suite  # re-exported for older imports
 from cxrbench.tasks import TASKS
 
@@ -79,21 +80,26 @@ def transfer_dir(suite: Suite, spec: TransferSpec, out: Path) -> Path:
 
 
 def make_plan(suite: Suite) -> Plan:
+    """Every (method, task, fraction, seed) of the suite. A method without an image–text space
+    (``supervised``, ``imagenet``) is left out of the tasks that need one (zero-shot,
+    retrieval); an encoder the suite names is kept (its run says whether it has a text side)."""
     pretrain: dict[str, PretrainSpec] = {}
     transfer = []
     for method in suite.methods:
         for pretrain_seed in suite.pretrain_seeds:
             for task in suite.tasks:
+                if TASKS.get(task).evaluation_only and not METHODS.get(method).vl_space:
+                    continue
                 dataset = TASKS.get(task).dataset if method == "supervised" else None
                 spec = PretrainSpec(method, pretrain_seed, dataset)
                 pretrain.setdefault(spec.key, spec)
-                for fraction in suite.fractions:
+                for fraction in task_fractions(suite, task):
                     for seed in suite.seeds:
                         transfer.append(TransferSpec(method, task, fraction, seed, spec))
     for name, folder in suite.encoders.items():  # evaluated as they are: no pre-training
         given = PretrainSpec(name, 0, None, artifact=folder)
         for task in suite.tasks:
-            for fraction in suite.fractions:
+            for fraction in task_fractions(suite, task):
                 for seed in suite.seeds:
                     transfer.append(TransferSpec(name, task, fraction, seed, given))
     return Plan(suite, tuple(pretrain.values()), tuple(transfer))

@@ -143,6 +143,9 @@ class Task:
     """Base class; subclasses set the class attributes below."""
 
     kind: ClassVar[str] = "classification"
+    #: nothing is trained (zero-shot, retrieval): no label fraction, the method's vision–language
+    #: artifact instead of its image encoder alone (``runner/transfer.py``)
+    evaluation_only: ClassVar[bool] = False
     version: ClassVar[int] = 1
     #: protocol family (PROTOCOLS.md) of each version of this task; a table shows published rows
     #: only beside records of one family

@@ -68,6 +68,7 @@ def draw(pools: dict[str, list[str]], per_class: int, seed: int) -> dict[str, li
 @TASKS.register("chexpert_zeroshot")
 class ChexpertZeroshot(Task):
     kind = "zeroshot"
+    evaluation_only = True
     dataset = "chexpert"
     metric = "accuracy"
     protocols: ClassVar[dict[int, str]] = {1: "gloria"}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -25,8 +26,10 @@ from cxrbench.tasks.base import Items, Task, TaskData, fingerprint_items
 @TASKS.register("mimic_retrieval")
 class MimicRetrieval(Task):
     kind = "retrieval"
+    evaluation_only = True
     dataset = "mimic"
     metric = "r_mean"
+    protocols: ClassVar[dict[int, str]] = {1: "cxrbench"}  # no published protocol to match
 
     def folder(self, data_root: Path) -> Path:
         return dataset_folder("mimic", data_root, self.cfg.data)
