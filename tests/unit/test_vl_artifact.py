@@ -18,7 +18,8 @@ from cxrbench.utils.io import sha256_file
 
 
 def _method(name: str, text_model: Path, seed: int = 0):
-    job = load_config(name, "tiny", [f"text.model={text_model}", "text.max_length=32"])
+    vit = ["backbone.name=vit_tiny", "backbone.width=null"] if name == "mpma" else []
+    job = load_config(name, "tiny", [f"text.model={text_model}", "text.max_length=32", *vit])
     torch.manual_seed(seed)
     return job, build_method(job, text_model)
 
@@ -42,7 +43,7 @@ def _batch(pairs_corpus: Path) -> dict:
     return collate([data[i] for i in range(len(data))])
 
 
-@pytest.mark.parametrize("name", ["convirt", "random_init"])
+@pytest.mark.parametrize("name", ["convirt", "random_init", "gloria", "mgca", "mflag", "place", "mpma"])
 def test_exported_method_scores_as_the_original(tmp_path, pairs_corpus, text_model, name) -> None:
     method, encoder, vl = _export(tmp_path, name, text_model)
     batch = _batch(pairs_corpus)

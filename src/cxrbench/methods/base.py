@@ -164,6 +164,15 @@ class PretrainMethod(nn.Module):
         L2-normalised): the global similarity the contrastive methods train."""
         return images["global"] @ texts["global"].t()
 
+    def global_image(self, head: nn.Module, image: torch.Tensor) -> torch.Tensor:
+        """``head`` on the pooled image feature, L2-normalised (a global image embedding)."""
+        return torch.nn.functional.normalize(head(self.backbone(image).pooled), dim=-1)
+
+    def global_text(self, head: nn.Module, texts: list[str]) -> torch.Tensor:
+        """``head`` on the texts' [CLS] features, L2-normalised (a global text embedding)."""
+        device = next(head.parameters()).device
+        return torch.nn.functional.normalize(head(self.text_cls(texts, device)), dim=-1)
+
     def text_cls(self, texts: list[str], device: torch.device) -> torch.Tensor:
         """The text tower's [CLS] features of ``texts`` (for :meth:`encode_texts`)."""
         assert self.text is not None, "a method with an image–text space has a text tower"

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from cxrbench.errors import ConfigError
 from cxrbench.losses.contrastive import info_nce
@@ -71,11 +70,10 @@ class ConVIRT(PretrainMethod):
         return self.image_proj(self.backbone(image).pooled), self.text_proj(text)
 
     def encode_images(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"global": F.normalize(self.image_proj(self.backbone(image).pooled), dim=-1)}
+        return {"global": self.global_image(self.image_proj, image)}
 
     def encode_texts(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        cls = self.text_cls(texts, next(self.text_proj.parameters()).device)
-        return {"global": F.normalize(self.text_proj(cls), dim=-1)}
+        return {"global": self.global_text(self.text_proj, texts)}
 
     def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         v, u = self.embed(batch)

@@ -69,11 +69,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cxrbench.errors import ConfigError
 from cxrbench.losses.contrastive import info_nce
-from cxrbench.losses.local import AGGREGATIONS, local_loss
+from cxrbench.losses.local import AGGREGATIONS, local_loss, local_similarity
 from cxrbench.methods import METHODS
 from cxrbench.methods.base import PretrainMethod
 
@@ -113,6 +114,9 @@ def global_loss(
 
 @METHODS.register("gloria")
 class Gloria(PretrainMethod):
+    #: zero-shot / retrieval: GLoRIA's score, the mean of the global cosine and the local
+    #: word–region similarity (``gloria.py``'s ``get_similarities``, "both")
+    vl_space = True
     Config = GloriaConfig
 
     def __init__(self, params: GloriaConfig, backbone: Any, text: Any, run: Any) -> None:
@@ -176,6 +180,33 @@ class Gloria(PretrainMethod):
             words=self.word_proj(out.words),
             word_mask=mask,
         )
+
+    def encode_images(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.backbone(image)
+        regions = self.local_proj(features.c4).flatten(2).transpose(1, 2)  # (B, N, E)
+        return {"global": F.normalize(self.global_proj(features.pooled), dim=-1),
+                "regions": regions}  # fmt: skip
+
+    def encode_texts(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        assert self.text is not None
+        device = next(self.global_proj.parameters()).device
+        tokens = {k: v.to(device) for k, v in self.text.tokenize(list(texts)).items()}
+        out = self.text(tokens["input_ids"], tokens["attention_mask"],
+                        word_ids=tokens.get("word_ids"))  # fmt: skip
+        weights = out.word_mask.unsqueeze(-1).to(out.words.dtype)
+        sentence = (out.words * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        return {"global": F.normalize(self.sentence_proj(sentence), dim=-1),
+                "words": self.word_proj(out.words), "word_mask": out.word_mask}  # fmt: skip
+
+    def similarity(
+        self, images: dict[str, torch.Tensor], texts: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """(global cosine + local similarity) / 2, as GLoRIA's zero-shot and retrieval code."""
+        p = self.params
+        local = local_similarity(images["regions"].float(), texts["words"].float(),
+                                 texts["word_mask"], temp1=p.temp1, temp2=p.temp2,
+                                 aggregation=p.aggregation, chunk=p.chunk)  # fmt: skip
+        return (images["global"] @ texts["global"].t() + local) / 2
 
     def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         e = self.embed(batch)

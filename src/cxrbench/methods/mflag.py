@@ -91,6 +91,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cxrbench.errors import ConfigError
@@ -200,6 +201,7 @@ class TextFeatureCache:
 
 @METHODS.register("mflag")
 class MFLAG(PretrainMethod):
+    vl_space = True  # zero-shot / retrieval: cosine of the global image and report embeddings
     Config = MflagConfig
 
     def __init__(self, params: MflagConfig, backbone: Any, text: Any, run: Any) -> None:
@@ -259,6 +261,13 @@ class MFLAG(PretrainMethod):
         pooled = self.backbone(image).pooled
         cls = self.text_features(list(batch["text"]), image.device)
         return pooled, self.image_proj(pooled), self.text_proj(cls)
+
+    def encode_images(self, image: Tensor) -> dict[str, Tensor]:
+        return {"global": self.global_image(self.image_proj, image)}
+
+    def encode_texts(self, texts: list[str]) -> dict[str, Tensor]:
+        device = next(self.text_proj.parameters()).device
+        return {"global": F.normalize(self.text_proj(self.text_features(texts, device)), dim=-1)}
 
     def losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         pooled, p, q = self.embed(batch)

@@ -106,6 +106,7 @@ def _vit_cls_attention(block: nn.Module, hidden: Tensor) -> Tensor:
 
 @METHODS.register("mgca")
 class MGCA(PretrainMethod):
+    vl_space = True  # zero-shot / retrieval: cosine of the global image and report embeddings
     Config = MgcaConfig
 
     def __init__(self, params: MgcaConfig, backbone: Any, text: Any, run: Any) -> None:
@@ -173,6 +174,12 @@ class MGCA(PretrainMethod):
         else:
             out["patch_weights"] = f.tokens.new_full((f.tokens.shape[0], n), 1.0 / n)
         return out
+
+    def encode_images(self, image: Tensor) -> dict[str, Tensor]:
+        return {"global": self.global_image(self.image_global, image)}
+
+    def encode_texts(self, texts: list[str]) -> dict[str, Tensor]:
+        return {"global": self.global_text(self.text_global, texts)}
 
     def losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         p = self.params

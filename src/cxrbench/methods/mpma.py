@@ -447,6 +447,7 @@ def _check(p: MpmaConfig, fusion_dim: int) -> None:
 
 @METHODS.register("mpma")
 class MPMA(PretrainMethod):
+    vl_space = True  # zero-shot / retrieval: cosine of the global image and report embeddings
     Config = MpmaConfig
 
     _regular_ids: Tensor
@@ -571,6 +572,12 @@ class MPMA(PretrainMethod):
             "itc": global_alignment(out.image_embed, out.text_embed, p.temperature),
             "local": local_alignment(out.patches, out.words, out.word_mask, p.local_temperature),
         }
+
+    def encode_images(self, image: Tensor) -> dict[str, Tensor]:
+        return {"global": self.global_image(self.image_global, image)}
+
+    def encode_texts(self, texts: list[str]) -> dict[str, Tensor]:
+        return {"global": self.global_text(self.text_global, texts)}
 
     def losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         return self.terms(self.step_outputs(batch))

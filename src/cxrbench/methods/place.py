@@ -343,6 +343,7 @@ class ReportConditionedPatches(nn.Module):
 
 @METHODS.register("place")
 class PLACE(PretrainMethod):
+    vl_space = True  # zero-shot / retrieval: cosine of the global image and report embeddings
     Config = PlaceConfig
 
     def __init__(self, params: PlaceConfig, backbone: Any, text: Any, run: Any) -> None:
@@ -400,6 +401,12 @@ class PLACE(PretrainMethod):
             "patches": f.tokens,
             "predicted": self.predictor(f.tokens, keys, key_mask),
         }
+
+    def encode_images(self, image: Tensor) -> dict[str, Tensor]:
+        return {"global": self.global_image(self.image_global, image)}
+
+    def encode_texts(self, texts: list[str]) -> dict[str, Tensor]:
+        return {"global": self.global_text(self.text_global, texts)}
 
     def losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         p = self.params

@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from cxrbench.methods import METHODS
 from cxrbench.methods._heads import bn_mlp
@@ -37,8 +36,7 @@ class RandomInit(PretrainMethod):
             self.text_proj = bn_mlp(text.hidden_size, HIDDEN_DIM, EMBED_DIM)
 
     def encode_images(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"global": F.normalize(self.image_proj(self.backbone(image).pooled), dim=-1)}
+        return {"global": self.global_image(self.image_proj, image)}
 
     def encode_texts(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        cls = self.text_cls(texts, next(self.text_proj.parameters()).device)
-        return {"global": F.normalize(self.text_proj(cls), dim=-1)}
+        return {"global": self.global_text(self.text_proj, texts)}

@@ -26,7 +26,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import safetensors.torch
 import torch
@@ -86,7 +86,7 @@ def export_vl(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         text_dir = tmp / TEXT_DIR
-        method.text.model.save_pretrained(str(text_dir), safe_serialization=True)
+        cast(Any, method.text.model).save_pretrained(str(text_dir), safe_serialization=True)
         method.text.tokenizer.save_pretrained(str(text_dir))
         heads = tmp / HEADS_FILE
         atomic_write_bytes(heads, safetensors.torch.save(head_state(method), {"format": "pt"}))
@@ -188,10 +188,12 @@ def load_vl(vl_dir: Path, encoder_dir: Path) -> tuple[PretrainMethod, dict[str, 
     source = str(vl_dir / VL_META)
     cls = METHODS.get(str(meta["method"]))
     cfg = build(PretrainConfig, [Layer(source, OmegaConf.create(meta["pretrain_config"]))])
-    params = build(cls.Config, [Layer(source, OmegaConf.create(meta["params"]))])
+    params: Any = build(cls.Config, [Layer(source, OmegaConf.create(meta["params"]))])
     t = meta["text"]
+    freeze = cfg.text.freeze  # as pre-training built it (M-FLAG checks its text is frozen)
     text = TextEncoder.from_pretrained(
         vl_dir / TEXT_DIR,
+        freeze=int(freeze) if freeze.isdigit() else freeze,
         max_length=int(t["max_length"]),
         layers=str(t["layers"]),
         word_reduce=str(t["word_reduce"]),

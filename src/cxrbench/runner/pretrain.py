@@ -242,7 +242,8 @@ def stored_job(run_dir: Path) -> PretrainJob:
     preset = str(stored.pop("preset"))
     stored_hash = str(stored.pop("config_hash"))  # the run's own: its config is not re-merged
     job_cfg = build(PretrainConfig, [Layer(str(path), stored)])
-    params = build(METHODS.get(job_cfg.method).Config, [Layer(str(path), stored.get("params", {}))])
+    params: Any = build(METHODS.get(job_cfg.method).Config,
+                        [Layer(str(path), stored.get("params", {}))])  # fmt: skip
     return PretrainJob(job_cfg, params, preset, stored_hash)
 
 

@@ -238,9 +238,9 @@ def load_task(
     for key, default in TRAIN_KEYS_ADDED:
         if plain["train"][key] == default:
             del plain["train"][key]  # at its default: the hashes of earlier results hold
-    for key, default in OPTIM_KEYS_ADDED:
-        if plain["optim"][key] == default:
-            del plain["optim"][key]
+    for name_, value in OPTIM_KEYS_ADDED:
+        if plain["optim"][name_] == value:
+            del plain["optim"][name_]
     plain["task"] = {"name": name, **cls.describe()}
     return TransferJob(cls(name, cfg), cfg, config_hash(plain), fraction)
 

@@ -6,11 +6,10 @@ the runner looks the kind of a task up here, so a new kind is one file in this f
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 from cxrbench.registry import Registry
 
-if TYPE_CHECKING:
-    from cxrbench.systems.base import TransferSystem
-
-SYSTEMS: Registry[type[TransferSystem]] = Registry("system", "cxrbench.systems")
+#: a kind's system: a :class:`~cxrbench.systems.base.TransferSystem` (trained), or for a kind
+#: that trains nothing (zero-shot, retrieval) a class with ``trains = False`` and ``evaluate``
+SYSTEMS: Registry[type[Any]] = Registry("system", "cxrbench.systems")

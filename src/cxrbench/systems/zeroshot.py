@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from cxrbench.data.codecs import read_image
@@ -73,7 +74,16 @@ class Images(Dataset[torch.Tensor]):
 
 
 def _cat(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]} if parts else {}
+    """The batches' entries concatenated; entries of several dimensions whose second one varies
+    by batch (a text's words, padded to its batch's longest) are zero-padded to the longest."""
+    out = {}
+    for key in parts[0] if parts else ():
+        tensors = [p[key] for p in parts]
+        if tensors[0].ndim >= 2:
+            width = max(t.shape[1] for t in tensors)
+            tensors = [F.pad(t, (0, 0) * (t.ndim - 2) + (0, width - t.shape[1])) for t in tensors]
+        out[key] = torch.cat(tensors)
+    return out
 
 
 @torch.no_grad()

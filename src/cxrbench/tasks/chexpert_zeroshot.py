@@ -60,7 +60,7 @@ def draw(pools: dict[str, list[str]], per_class: int, seed: int) -> dict[str, li
     out = {}
     for name, pool in pools.items():
         ordered = sorted(pool)
-        picks = rng.choice(len(ordered), size=n, replace=False) if n else []
+        picks: list[int] = rng.choice(len(ordered), size=n, replace=False).tolist() if n else []
         out[name] = sorted(ordered[i] for i in picks)
     return out
 
