@@ -43,7 +43,9 @@ def _batch(pairs_corpus: Path) -> dict:
     return collate([data[i] for i in range(len(data))])
 
 
-@pytest.mark.parametrize("name", ["convirt", "random_init", "gloria", "mgca", "mflag", "place", "mpma"])
+@pytest.mark.parametrize(
+    "name", ["convirt", "random_init", "gloria", "mgca", "mflag", "place", "mpma"]
+)
 def test_exported_method_scores_as_the_original(tmp_path, pairs_corpus, text_model, name) -> None:
     method, encoder, vl = _export(tmp_path, name, text_model)
     batch = _batch(pairs_corpus)

@@ -133,3 +133,15 @@ def test_chance_recall_of_a_random_ranking() -> None:
     hits = [np.mean([(study[rng.permutation(10)][:5] == s).any() for s in range(4)])
             for _ in range(4000)]  # fmt: skip
     assert chance(10, per)["chance_t2i_r5"] == pytest.approx(np.mean(hits), abs=0.01)
+
+
+def test_prompt_precision_by_hand() -> None:
+    from cxrbench.systems.zeroshot import prompt_precision
+
+    # two images (class A, class B), prompts a1 a2 (A) and b1 (B)
+    table = {"a1": [0.9, 0.1], "a2": [0.2, 0.8], "b1": [0.5, 0.7]}
+    targets = np.array([[1.0, 0.0], [0.0, 1.0]])
+    out = prompt_precision(_Space(table), {}, {"A": ["a1", "a2"], "B": ["b1"]}, targets, 8,
+                           ks=(1, 2, 3, 5))  # type: ignore[arg-type]  # fmt: skip
+    # image 0 ranks a1, b1, a2: P@1 1, P@2 1/2; image 1 ranks a2, b1, a1: P@1 0, P@2 1/2
+    assert out == {"p@1": 0.5, "p@2": 0.5, "p@3": pytest.approx(0.5)}  # K beyond the prompts: none

@@ -14,8 +14,10 @@ prompt, and a class's score comes from its prompts by the task's prompt style (`
 
 Metrics: ``accuracy`` (multiclass: arg-max against the one-hot label) and ``auroc`` (macro over
 classes, one-vs-rest on the class scores); a binary task (one class, e.g. pneumonia vs normal)
-records ``auroc`` only. Predictions are written as classification's (``scores``, ``targets``), so
-``cxrbench compare`` resamples them the same way.
+records ``auroc`` only. With the ``gloria`` style the record's ``extra.prompt_precision`` holds
+GLoRIA's image→text retrieval precision@1/5/10 over all the class prompts
+(:func:`prompt_precision`). Predictions are written as classification's (``scores``,
+``targets``), so ``cxrbench compare`` resamples them the same way.
 """
 
 from __future__ import annotations
@@ -174,6 +176,26 @@ def check_params(params: dict[str, Any], known: Sequence[str] = PARAMS) -> None:
             raise ConfigError(None, f"params.{key}", f"unknown setting; known: {', '.join(known)}")
 
 
+def prompt_precision(
+    method: PretrainMethod,
+    images: dict[str, torch.Tensor],
+    prompts: dict[str, list[str]],
+    targets: np.ndarray,
+    batch: int,
+    ks: Sequence[int] = (1, 5, 10),
+) -> dict[str, float]:
+    """GLoRIA's image→text retrieval on the 5×200 set: each image ranks every class prompt
+    (all classes' together); precision@K is the share of its top K that are prompts of its own
+    class, averaged over the images (K larger than a class's prompt count caps it below 1)."""
+    texts = [t for entry in prompts.values() for t in entry]
+    owner = np.repeat(np.arange(len(prompts)), [len(e) for e in prompts.values()])
+    sims = method.similarity(images, encode_texts(method, texts, batch)).float().numpy()
+    order = np.argsort(-sims, axis=1, kind="stable")
+    label = targets.argmax(axis=1)
+    return {f"p@{k}": float((owner[order[:, :k]] == label[:, None]).mean()) for k in ks
+            if k <= len(texts)}  # fmt: skip
+
+
 def class_scores(
     method: PretrainMethod,
     images: dict[str, torch.Tensor],
@@ -229,8 +251,10 @@ class ZeroShotSystem:
             "targets": targets.astype(np.float32),
             "scores": scores.astype(np.float32),
         }
-        extra = {"prompts_sha256": prompt_hash(prompts), "prompt_style": style,
-                 "test_images": len(data.test.ids)}  # fmt: skip
+        extra: dict[str, Any] = {"prompts_sha256": prompt_hash(prompts), "prompt_style": style,
+                                 "test_images": len(data.test.ids)}  # fmt: skip
+        if style == "gloria" and not binary:
+            extra["prompt_precision"] = prompt_precision(method, images, prompts, targets, batch)
         return Evaluated(results, predictions, extra)
 
 
