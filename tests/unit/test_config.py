@@ -156,7 +156,8 @@ def test_a_presets_task_section_applies_to_that_task_only(tmp_path, monkeypatch)
     from cxrbench.runner import resolve
 
     rsna = resolve.load_task("rsna_seg", "small")
-    assert rsna.cfg.train.val_limit == 200 and rsna.cfg.train.patience == 6  # its own section
+    assert rsna.cfg.train.val_limit == 200 and rsna.cfg.train.patience == 15  # its own section
+    assert rsna.cfg.optim.schedule == "cosine"
     siim = resolve.load_task("siim_seg", "small")
     assert siim.cfg.train.val_limit == 0 and siim.cfg.train.patience == 3  # the kind's only
     assert rsna.cfg.train.val_every == siim.cfg.train.val_every == 2  # kind's, shared

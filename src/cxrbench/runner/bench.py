@@ -178,11 +178,11 @@ DEFAULT_HOURS: dict[str, dict[str, tuple[float, str]]] = {
     # measured on the same CPU: ConVIRT 4 epochs 211 s, CheXpert 1% probes 2-10 s
     # (results/runs/default); dense transfers: medians of the methods_dense grid at 10% (issue
     # 17, 8 methods x 3 seeds, frozen maps computed once per run, validation every 2 epochs):
-    # U-Net 86 s (siim_seg 53 s, rsna_seg 107 s), YOLOv3 26 s (objectcxr_det 21 s, rsna_det 34 s)
+    # U-Net 78 s (siim_seg 53 s, rsna_seg 82 s), YOLOv3 26 s (objectcxr_det 21 s, rsna_det 34 s)
     "small": {
         "pretrain": (0.06, "measured: 2-core CPU, make bench"),
         "classification": (0.003, "measured: 2-core CPU, make bench"),
-        "segmentation": (0.024, "measured: 2-core CPU, median of 48 siim/rsna_seg runs at 10%"),
+        "segmentation": (0.0216, "measured: 2-core CPU, median of 48 siim/rsna_seg runs at 10%"),
         "detection": (0.0071, "measured: 2-core CPU, median of 48 rsna/objectcxr_det runs at 10%"),
         # evaluation only: one pass over 50-100 test images and the prompts / reports (issue 20)
         "zeroshot": (0.001, "measured: 2-core CPU, chexpert_zeroshot 2-4 s"),
