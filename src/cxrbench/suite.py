@@ -242,3 +242,15 @@ def task_fractions(suite: Suite, task: str) -> list[float]:
 
     only = task in TASKS and TASKS.get(task).evaluation_only  # a task not registered: as listed
     return [1.0] if only else list(suite.fractions)
+
+
+def method_runs_task(method: str, task: str) -> bool:
+    """Whether a suite plans ``task`` for ``method``: not a task that needs an image–text space
+    (zero-shot, retrieval) for a method without one. A row the suite names by an encoder folder
+    (not a registered method) is planned: its run says whether it has a text side."""
+    from cxrbench.methods import METHODS
+    from cxrbench.tasks import TASKS
+
+    if task not in TASKS or not TASKS.get(task).evaluation_only or method not in METHODS:
+        return True
+    return bool(METHODS.get(method).vl_space)

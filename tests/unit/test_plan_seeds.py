@@ -93,3 +93,19 @@ def test_caption_says_which_pretraining_seeds(tmp_path) -> None:
         wall_seconds=1.0, device="cpu", created="2026-12-02T00:00:00",
     )  # fmt: skip
     assert "on pre-training seed 9" in spread_words(one, [record])  # what the records hold
+
+
+def test_tasks_that_train_nothing_run_once_and_only_with_a_text_side() -> None:
+    """Zero-shot and retrieval use no labels: one fraction (1.0) whatever the suite lists, and
+    no job for a method without an image–text space (supervised); the tables' grid agrees."""
+    suite = Suite(name="z", preset="tiny", methods=["convirt", "supervised"],
+                  tasks=["rsna_cls", "chexpert_zeroshot"], fractions=[0.01, 0.1],
+                  seeds=[42])  # fmt: skip
+    plan = make_plan(suite)
+    jobs = {(t.method, t.task, t.fraction) for t in plan.transfer}
+    assert jobs == {("convirt", "rsna_cls", 0.01), ("convirt", "rsna_cls", 0.1),
+                    ("supervised", "rsna_cls", 0.01), ("supervised", "rsna_cls", 0.1),
+                    ("convirt", "chexpert_zeroshot", 1.0)}  # fmt: skip
+    grid = planned_grid(suite)
+    assert ("convirt", "chexpert_zeroshot", 1.0, 0, 42) in grid
+    assert not any(g[:2] == ("supervised", "chexpert_zeroshot") for g in grid)

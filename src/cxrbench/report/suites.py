@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from cxrbench.errors import CxrbenchError
 from cxrbench.report.schema import ResultRecord
 from cxrbench.report.store import collect_paths
-from cxrbench.suite import Suite, load_suite_arg, task_fractions
+from cxrbench.suite import Suite, load_suite_arg, method_runs_task, task_fractions
 
 if TYPE_CHECKING:
     from cxrbench.report.published import PublishedRow
@@ -43,7 +43,7 @@ METRIC_NAMES = {
 
 def suite_grid(suite: Suite) -> Grid:
     return frozenset(
-        (m, t, float(f), s) for m in suite.rows for t in suite.tasks
+        (m, t, float(f), s) for m in suite.rows for t in suite.tasks if method_runs_task(m, t)
         for f in task_fractions(suite, t) for s in suite.seeds
     )  # fmt: skip
 
@@ -73,7 +73,7 @@ def spread_words(suite: Suite, records: Sequence[ResultRecord] = ()) -> str:
 def planned_grid(suite: Suite) -> frozenset[tuple[str, str, float, int, int]]:
     """Every run the suite plans: (method, task, fraction, pre-training seed, transfer seed)."""
     return frozenset(
-        (m, t, float(f), p, s) for m in suite.rows for t in suite.tasks
+        (m, t, float(f), p, s) for m in suite.rows for t in suite.tasks if method_runs_task(m, t)
         for f in task_fractions(suite, t) for p in suite.pretrain_seeds for s in suite.seeds
     )  # fmt: skip
 

@@ -19,13 +19,15 @@ gives every node its run folder, merged config, hash and resources. The suite it
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from cxrbench.methods import METHODS
-from cxrbench.suite import Suite, task_fractions
+from cxrbench.suite import Suite, method_runs_task, task_fractions
 from cxrbench.suite import load_suite as load_suite  # re-exported for older imports
 from cxrbench.tasks import TASKS
+
+log = logging.getLogger(__name__)
 
 #: ``depends_on`` of a transfer on a given encoder (``Suite.encoders``): no pre-training job
 GIVEN = "given:"
@@ -88,7 +90,8 @@ def make_plan(suite: Suite) -> Plan:
     for method in suite.methods:
         for pretrain_seed in suite.pretrain_seeds:
             for task in suite.tasks:
-                if TASKS.get(task).evaluation_only and not METHODS.get(method).vl_space:
+                if not method_runs_task(method, task):
+                    log.warning("%s has no image–text space: left out of %s", method, task)
                     continue
                 dataset = TASKS.get(task).dataset if method == "supervised" else None
                 spec = PretrainSpec(method, pretrain_seed, dataset)

@@ -239,6 +239,8 @@ def stored_job(run_dir: Path) -> PretrainJob:
     if not path.is_file():
         raise CxrbenchError(f"{run_dir}: no config.yaml; is this a pre-training run folder?")
     stored = load_yaml(path).values
+    if "preset" not in stored or "config_hash" not in stored:
+        raise CxrbenchError(f"{path}: not a pre-training run's config (no preset / config_hash)")
     preset = str(stored.pop("preset"))
     stored_hash = str(stored.pop("config_hash"))  # the run's own: its config is not re-merged
     job_cfg = build(PretrainConfig, [Layer(str(path), stored)])
