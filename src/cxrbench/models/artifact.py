@@ -105,27 +105,48 @@ def encoder_bytes(backbone: Backbone) -> bytes:
 
 def read_meta(out_dir: Path) -> dict[str, Any]:
     """Read and check ``encoder.json``: present, valid JSON, required keys, known format version."""
-    path = Path(out_dir) / META_FILE
-    if not path.is_file():
-        raise ArtifactError(
+    return read_record(
+        Path(out_dir) / META_FILE,
+        ArtifactError,
+        REQUIRED_KEYS,
+        FORMAT_VERSION,
+        what="the encoder metadata",
+        absent=(
             f"no encoder artifact in {out_dir}: {META_FILE} is missing (export_encoder writes it "
             "last, so an interrupted export leaves none; re-run the pre-training or the export)"
-        )
-    with file_errors(path, "cannot read the encoder metadata"):
+        ),
+    )
+
+
+def read_record(
+    path: Path,
+    error: type[CxrbenchError],
+    required: tuple[str, ...],
+    format_version: int,
+    *,
+    what: str,
+    absent: str,
+) -> dict[str, Any]:
+    """A JSON record of an artifact (``encoder.json``, ``vl.json``): present (else ``absent``),
+    valid UTF-8 JSON, an object, with the ``required`` keys and a ``format_version`` this
+    cxrbench reads (≤ ``format_version``); every failure is an ``error`` naming ``path``."""
+    if not path.is_file():
+        raise error(absent)
+    with file_errors(path, f"cannot read {what}"):
         raw = path.read_bytes()
     try:
         meta = json.loads(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ArtifactError(f"{path} is not valid JSON: {err}") from err
+        raise error(f"{path} is not valid JSON: {err}") from err
     if not isinstance(meta, dict):
-        raise ArtifactError(f"{path}: expected a JSON object, got {type(meta).__name__}")
-    missing = [k for k in REQUIRED_KEYS if k not in meta]
+        raise error(f"{path}: expected a JSON object, got {type(meta).__name__}")
+    missing = [k for k in required if k not in meta]
     if missing:
-        raise ArtifactError(f"{path} lacks the keys {', '.join(missing)}")
-    if not isinstance(meta["format_version"], int) or meta["format_version"] > FORMAT_VERSION:
-        raise ArtifactError(
+        raise error(f"{path} lacks the keys {', '.join(missing)}")
+    if not isinstance(meta["format_version"], int) or meta["format_version"] > format_version:
+        raise error(
             f"{path}: format_version {meta['format_version']!r} is not supported by cxrbench "
-            f"{__version__} (supports ≤ {FORMAT_VERSION}); upgrade cxrbench"
+            f"{__version__} (supports ≤ {format_version}); upgrade cxrbench"
         )
     return meta
 

@@ -33,7 +33,8 @@ import torch
 from omegaconf import OmegaConf
 
 from cxrbench import __version__
-from cxrbench.errors import CxrbenchError, file_errors
+from cxrbench.errors import CxrbenchError
+from cxrbench.models.artifact import read_record
 from cxrbench.utils.io import atomic_write_bytes, atomic_write_text, read_safetensors, sha256_file
 
 if TYPE_CHECKING:
@@ -47,6 +48,8 @@ TEXT_DIR = "text"
 #: state-dict prefixes stored elsewhere: the image encoder (its own artifact) and the text tower
 #: (``text/``); everything else of the method is its heads
 SHARED_PREFIXES = ("backbone.", "text.")
+REQUIRED_KEYS = ("format_version", "method", "params", "pretrain_config", "encoder_sha256",
+                 "heads_sha256", "text_files", "text")  # fmt: skip
 
 
 class VLArtifactError(CxrbenchError):
@@ -123,29 +126,19 @@ def _text_files(text_dir: Path) -> dict[str, str]:
 
 
 def read_vl_meta(vl_dir: Path) -> dict[str, Any]:
-    path = Path(vl_dir) / VL_META
-    if not path.is_file():
-        raise VLArtifactError(
-            f"no vision–language artifact in {vl_dir}: {VL_META} is missing (zero-shot and "
-            "retrieval tasks need a pre-training run's text side: `cxrbench export-vl RUN_DIR`)"
-        )
-    with file_errors(path, "cannot read the vision–language metadata"):
-        raw = path.read_text(encoding="utf-8")
-    try:
-        meta = json.loads(raw)
-    except json.JSONDecodeError as err:
-        raise VLArtifactError(f"{path} is not valid JSON: {err}") from err
-    required = ("format_version", "method", "params", "pretrain_config", "encoder_sha256",
-                "heads_sha256", "text_files", "text")  # fmt: skip
-    missing = [k for k in required if k not in meta] if isinstance(meta, dict) else required
-    if missing:
-        raise VLArtifactError(f"{path} lacks the keys {', '.join(missing)}")
-    if not isinstance(meta["format_version"], int) or meta["format_version"] > FORMAT_VERSION:
-        raise VLArtifactError(
-            f"{path}: format_version {meta['format_version']!r} is not supported by cxrbench "
-            f"{__version__} (supports ≤ {FORMAT_VERSION}); upgrade cxrbench"
-        )
-    return meta
+    """Read and check ``vl.json``: present, valid JSON, required keys, known format version."""
+    return read_record(
+        Path(vl_dir) / VL_META,
+        VLArtifactError,
+        REQUIRED_KEYS,
+        FORMAT_VERSION,
+        what="the vision–language metadata",
+        absent=(
+            f"no vision–language artifact in {vl_dir}: {VL_META} is missing (a zero-shot or "
+            "retrieval task writes it from the pre-training run folder on first use, "
+            "runner.pretrain.export_vl_from_run; an imported encoder has no text side)"
+        ),
+    )
 
 
 def verify_vl(vl_dir: Path, meta: dict[str, Any]) -> None:
