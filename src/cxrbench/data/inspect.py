@@ -34,9 +34,8 @@ SIIM ImageIds without a DICOM. Images whose size is unknown (missing, unreadable
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from typing import Any
 from cxrbench.data.codecs import image_size, read_image
 from cxrbench.data.formats import chexpert, covidx, get_reader, mimic, objectcxr, rsna, siim
 from cxrbench.errors import DataFormatError
+from cxrbench.log import progress_bar
 
 Size = tuple[int, int]
 Summary = dict[str, Any]
@@ -267,21 +267,6 @@ _INSPECTORS: dict[str, Callable[[Path, ImageChecker], tuple[Summary, list[str]]]
 }
 
 
-@contextmanager
-def _progress_bar(enabled: bool) -> Iterator[Any]:
-    """A rich progress bar on stderr (stdout carries the JSON summary), or ``None``."""
-    if not enabled:
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-               TimeRemainingColumn())  # fmt: skip
-    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
-        yield bar
-
-
 def inspect_dataset(
     dataset: str,
     root: Path,
@@ -296,7 +281,7 @@ def inspect_dataset(
     a progress bar (on stderr) while the images are checked.
     """
     get_reader(dataset)  # an unknown key is a RegistryError with a did-you-mean hint
-    with _progress_bar(progress) as bar:
+    with progress_bar(progress) as bar:
         check = ImageChecker(workers, quick, bar, f"{dataset} images")
         summary, problems = _INSPECTORS[dataset](Path(root), check)
     return {**summary, "decoded": check.decoded}, problems

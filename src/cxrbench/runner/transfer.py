@@ -153,7 +153,7 @@ def _run_transfer(
     reopen(run_dir)  # orphan temp files of killed writes removed
     start = time.perf_counter()
     system_cls = SYSTEMS.get(job.task.kind)
-    if not getattr(system_cls, "trains", True):  # zero-shot, retrieval: evaluation only
+    if not system_cls.trains:  # zero-shot, retrieval: an EvaluationSystem
         return _run_evaluation(job, system_cls, artifact, data_root, fraction, seed, run_dir,
                                suite, row, start)  # fmt: skip
     encoder, meta = load_encoder(Path(artifact))
@@ -192,7 +192,36 @@ def _run_transfer(
     predictions_sha256 = _write_predictions(run_dir, job, system, data.test.ids)
     selected = float(best.best_model_score if best.best_model_score is not None else float("nan"))
     metrics = {**system.test_results, system_cls.monitor: selected}
-    record = ResultRecord(
+    record = _record(
+        job, meta, data, suite=suite, row=row, fraction=fraction, seed=seed, metrics=metrics,
+        probe_mode=prepared.probe_mode,
+        wall_seconds=round(earlier + time.perf_counter() - start, 2),  # all attempts
+        device=device_name(trainer.strategy.root_device),
+        predictions_sha256=predictions_sha256, extra=_encoder_source(meta) if row else {},
+    )  # fmt: skip
+    write_record(result, record)  # last: the run's "finished" marker
+    return record
+
+
+def _record(
+    job: TransferJob,
+    meta: dict[str, Any],
+    data: Any,
+    *,
+    suite: str,
+    row: str | None,
+    fraction: float,
+    seed: int,
+    metrics: dict[str, float],
+    probe_mode: str,
+    wall_seconds: float,
+    device: str,
+    predictions_sha256: str,
+    extra: dict[str, Any],
+) -> ResultRecord:
+    """The record of a finished run: the job's identity, the encoder's (``meta``: its method,
+    sha256 and pre-training seed) and the data's (split hash, fingerprint), with the results."""
+    return ResultRecord(
         suite=suite,
         method=row or str(meta["method"]),
         task=job.task.name,
@@ -208,15 +237,13 @@ def _run_transfer(
         encoder_sha256=str(meta["sha256"]),
         split_hash=data.split_hash,
         data_fingerprint=data.fingerprint,
-        probe_mode=prepared.probe_mode,
-        wall_seconds=round(earlier + time.perf_counter() - start, 2),  # all attempts
-        device=device_name(trainer.strategy.root_device),
+        probe_mode=probe_mode,
+        wall_seconds=wall_seconds,
+        device=device,
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         predictions_sha256=predictions_sha256,
-        extra=_encoder_source(meta) if row else {},
+        extra=extra,
     )
-    write_record(result, record)  # last: the run's "finished" marker
-    return record
 
 
 def vision_language(artifact: Path, data_root: Path) -> Path:
@@ -266,33 +293,14 @@ def _run_evaluation(
     predictions_sha256 = _write_predictions(run_dir, job, evaluated, data.test.ids)
     meta = {"method": vl_meta["method"], "sha256": vl_meta["encoder_sha256"],
             "extra": {"pretrain_seed": vl_meta["pretrain_config"].get("seed", 0)}}  # fmt: skip
-    record = ResultRecord(
-        suite=suite,
-        method=row or str(meta["method"]),
-        task=job.task.name,
-        task_version=job.task.version,
-        fraction=fraction,
-        seed=seed,
-        pretrain_seed=int(meta["extra"]["pretrain_seed"]),
-        metric=f"test/{job.task.metric}",
-        higher_is_better=job.task.higher_is_better,
-        metrics=dict(evaluated.test_results),
-        config_hash=job.config_hash,
-        code_version=code_version(),
-        encoder_sha256=str(meta["sha256"]),
-        split_hash=data.split_hash,
-        data_fingerprint=data.fingerprint,
-        probe_mode=evaluated.probe_mode,
+    record = _record(
+        job, meta, data, suite=suite, row=row, fraction=fraction, seed=seed,
+        metrics=dict(evaluated.test_results), probe_mode=evaluated.probe_mode,
         wall_seconds=round(time.perf_counter() - start, 2),
-        device=device_name(torch.device("cpu")),
-        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        predictions_sha256=predictions_sha256,
-        extra={
-            **evaluated.extra,
-            "vl_heads_sha256": vl_meta["heads_sha256"],
-            "text_sha256": vl_meta["text_files"].get("model.safetensors", ""),
-        },
-    )
+        device=device_name(torch.device("cpu")), predictions_sha256=predictions_sha256,
+        extra={**evaluated.extra, "vl_heads_sha256": vl_meta["heads_sha256"],
+               "text_sha256": vl_meta["text_files"].get("model.safetensors", "")},
+    )  # fmt: skip
     write_record(run_dir / RESULT_FILE, record)
     return record
 

@@ -29,6 +29,7 @@ from cxrbench.systems.schedule import warmup_cosine
 
 if TYPE_CHECKING:
     from cxrbench.data.features import FeatureCache
+    from cxrbench.methods.base import PretrainMethod
     from cxrbench.tasks.base import OptimSpec, Task, TaskConfig, TaskData
 
 
@@ -46,6 +47,7 @@ class Prepared:
 class TransferSystem(L.LightningModule):
     """Base class of the downstream systems; subclasses register in ``SYSTEMS`` by task kind."""
 
+    trains: ClassVar[bool] = True  # the runner fits and tests it (else: EvaluationSystem)
     monitor: ClassVar[str] = "val/loss"  # what early stopping and the best checkpoint follow
     monitor_mode: ClassVar[str] = "min"
 
@@ -123,3 +125,28 @@ def loader(
         want = min(want, cfg.train.max_steps_per_epoch * cfg.train.batch_size)
     # the run's seed (run_transfer seeds everything before the system builds its loaders)
     return ResumableLoader(rows, seed=torch.initial_seed(), num_samples=want, **common)
+
+
+@dataclass
+class Evaluated:
+    """What an evaluation-only system hands the runner: as a trained system's test epoch."""
+
+    test_results: dict[str, float]
+    test_predictions: dict[str, np.ndarray]
+    extra: dict[str, Any]
+    probe_mode: str = "zeroshot"
+
+
+class EvaluationSystem:
+    """Base class of the systems of kinds that train nothing (zero-shot, retrieval): the runner
+    rebuilds the method from its vision–language artifact and calls :meth:`evaluate` once,
+    instead of fitting and testing."""
+
+    trains: ClassVar[bool] = False
+    monitor: ClassVar[str] = ""
+
+    @classmethod
+    def evaluate(
+        cls, task: Task, cfg: TaskConfig, data: TaskData, method: PretrainMethod
+    ) -> Evaluated:
+        raise NotImplementedError

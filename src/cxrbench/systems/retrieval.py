@@ -20,13 +20,14 @@ of the study) with ``study`` (the study index of each image).
 from __future__ import annotations
 
 from math import comb
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from cxrbench.systems import SYSTEMS
-from cxrbench.systems.zeroshot import Evaluated, check_params, encode_images, encode_texts
+from cxrbench.systems.base import Evaluated, EvaluationSystem
+from cxrbench.systems.zeroshot import check_params, encode_images, encode_texts
 
 if TYPE_CHECKING:
     from cxrbench.methods.base import PretrainMethod
@@ -66,11 +67,8 @@ def chance(n_images: int, per_study: np.ndarray) -> dict[str, float]:
 
 
 @SYSTEMS.register("retrieval")
-class RetrievalSystem:
-    """Evaluation only (``trains = False``): the runner calls :meth:`evaluate`."""
-
-    trains: ClassVar[bool] = False
-    monitor: ClassVar[str] = ""
+class RetrievalSystem(EvaluationSystem):
+    """Ranks the reports for each image and the images for each report (module docstring)."""
 
     @classmethod
     def evaluate(

@@ -25,11 +25,9 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Sequence
 from itertools import product
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -39,8 +37,10 @@ from torch.utils.data import DataLoader, Dataset
 from cxrbench.data.codecs import read_image
 from cxrbench.data.transforms import mgca_image
 from cxrbench.errors import ConfigError
+from cxrbench.log import progress_bar
 from cxrbench.metrics.classification import accuracy, macro_auroc
 from cxrbench.systems import SYSTEMS
+from cxrbench.systems.base import Evaluated, EvaluationSystem
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -50,16 +50,6 @@ if TYPE_CHECKING:
 
 STYLES = ("gloria", "chexzero")
 PARAMS = ("prompts", "style", "prompts_per_class", "draw_seed", "per_class", "batch_size")
-
-
-@dataclass
-class Evaluated:
-    """What an evaluation-only system hands the runner: as a trained system's test epoch."""
-
-    test_results: dict[str, float]
-    test_predictions: dict[str, np.ndarray]
-    extra: dict[str, Any]
-    probe_mode: str = "zeroshot"
 
 
 class Images(Dataset[torch.Tensor]):
@@ -97,28 +87,13 @@ def encode_images(
     batch = cfg.train.eval_batch_size or cfg.train.batch_size
     loader = DataLoader(data, batch_size=batch, shuffle=False, num_workers=cfg.train.workers)
     parts = []
-    with _bar(cfg.trainer.progress) as bar:
+    with progress_bar(cfg.trainer.progress, transient=True) as bar:
         task = bar.add_task(f"encoding {len(data)} {what}", total=len(data)) if bar else None
         for images in loader:
             parts.append(method.encode_images(images))
             if bar is not None:
                 bar.advance(task, len(images))
     return _cat(parts)
-
-
-@contextmanager
-def _bar(enabled: bool) -> Iterator[Any]:
-    """A rich progress bar on stderr, or ``None``."""
-    if not enabled:
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-               TimeRemainingColumn())  # fmt: skip
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        yield bar
 
 
 @torch.no_grad()
@@ -221,12 +196,8 @@ def class_scores(
 
 
 @SYSTEMS.register("zeroshot")
-class ZeroShotSystem:
-    """Evaluation only (``trains = False``): the runner calls :meth:`evaluate` instead of
-    fitting and testing."""
-
-    trains: ClassVar[bool] = False
-    monitor: ClassVar[str] = ""
+class ZeroShotSystem(EvaluationSystem):
+    """Scores the test images against the class prompts (module docstring)."""
 
     @classmethod
     def evaluate(
@@ -259,7 +230,6 @@ class ZeroShotSystem:
 
 
 __all__ = [
-    "Evaluated",
     "ZeroShotSystem",
     "class_prompts",
     "class_scores",
