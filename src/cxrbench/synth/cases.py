@@ -32,6 +32,19 @@ SITE_MIX = {
     "objectcxr": (0.1, 0.5, 0.3, 0.1),
     "covidx": (0.3, 0.1, 0.4, 0.2),
 }
+#: Single-finding studies (corpus version 3, issue 20): a share of a layout's studies holds exactly
+#: one of the five CheXpert competition findings and nothing else (no device, no incidental
+#: finding, no heart-failure partners), drawn with these weights. They are the studies that GLoRIA's
+#: CheXpert 5×200 rule (``tasks/chexpert_zeroshot.py``) can pick; with independent findings alone
+#: synth-small's train.csv held 88 / 102 / 28 / 10 / 120 eligible images. Consolidation and edema
+#: weigh more because the rule reads the report: two of the three consolidation sentences name
+#: pneumonia (a second positive, or an uncertain one) and one of the three edema sentences says
+#: "haziness" (Lung Opacity), so fewer of their single-finding studies stay eligible. On synth-small
+#: this gives about 110-170 eligible images per class (docs/synthcxr.md).
+SINGLE_FINDING: dict[str, tuple[float, dict[str, float]]] = {
+    "chexpert": (0.45, {"atelectasis": 1.0, "cardiomegaly": 1.0, "consolidation": 3.5,
+                        "edema": 1.5, "effusion": 1.0}),
+}  # fmt: skip
 COVIDX_CLASSES = ("normal", "pneumonia", "COVID-19")
 COVIDX_TRAIN_MIX = (0.45, 0.3, 0.25)
 
@@ -66,7 +79,13 @@ def make_finding(kind: str, rng: np.random.Generator, d: Difficulty) -> Finding:
 
 
 def sample_findings(dataset: str, rng: np.random.Generator, d: Difficulty) -> tuple[Finding, ...]:
-    """Independent findings at the layout's prevalences (edema brings heart failure's friends)."""
+    """Independent findings at the layout's prevalences (edema brings heart failure's friends),
+    or, for the layout's share of single-finding studies, one competition finding alone."""
+    if dataset in SINGLE_FINDING:
+        share, weights = SINGLE_FINDING[dataset]
+        if rng.random() < share:
+            p = np.array(list(weights.values()))
+            return (make_finding(str(rng.choice(list(weights), p=p / p.sum())), rng, d),)
     prevalence = dict(PREVALENCE[dataset])
     kinds = [k for k, p in prevalence.items() if rng.random() < p]
     if "edema" in kinds:

@@ -30,8 +30,9 @@ log = logging.getLogger(__name__)
 CHUNK = 64
 # Bumped whenever what a preset writes changes (drawing, sizes, annotations), so that a corpus
 # written by older code is regenerated instead of silently read: 2 = issue 17 (Object-CXR objects
-# twice as large, synth-small's RSNA pool 4,000). Recorded in the corpus's MANIFEST.
-CORPUS_VERSION = 2
+# twice as large, synth-small's RSNA pool 4,000); 3 = issue 20 (CheXpert single-finding studies,
+# ``cases.SINGLE_FINDING``; every other layout byte-identical). Recorded in the corpus's MANIFEST.
+CORPUS_VERSION = 3
 MANIFEST = "synthcxr.json"
 MIMIC_META = (
     "dicom_id,subject_id,study_id,PerformedProcedureStepDescription,ViewPosition,Rows,Columns,"
