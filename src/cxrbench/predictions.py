@@ -66,7 +66,7 @@ METRICS = {
     "classification": ("auroc", "accuracy"),
     "segmentation": ("dice", "dice_pos", "dice_global"),
     "detection": ("map", "map_mgca", "map50"),
-    "retrieval": ("i2t_r1", "i2t_r5", "i2t_r10"),  # report→image resamples by study, not image
+    "retrieval": ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "r_mean"),
 }
 #: metrics undefined without positives: their bootstrap is stratified by label pattern
 NEEDS_POSITIVES = frozenset({"auroc", "map", "map_mgca", "map50", "dice_pos"})
@@ -145,6 +145,28 @@ def check(arrays: dict[str, np.ndarray], path: Path | str = "predictions") -> No
             raise CxrbenchError(
                 f"{path}: {key} has {len(np.asarray(arrays[key]))} rows for {n} test images"
             )
+
+
+def _retrieval_resampled(
+    a: dict[str, np.ndarray], metric: str
+) -> Callable[[np.ndarray], np.ndarray]:
+    """Recall@K on image resamples. Image→report: the share of drawn images whose report ranks
+    in the top K. Report→image: a report is one query per study, so each drawn image carries
+    ``1 / m`` of its study's query (``m`` = the study's test images): on the test set itself
+    every study weighs 1 and this is the recorded recall; on a resample a study weighs the share
+    of its images drawn. ``r_mean`` is the mean of the six on the same resample."""
+    from cxrbench.metrics import resample
+
+    if metric == "r_mean":
+        parts = [_retrieval_resampled(a, f"{d}_r{k}") for d in ("i2t", "t2i") for k in (1, 5, 10)]
+        return lambda c: np.mean([f(c) for f in parts], axis=0)
+    direction, k = metric.split("_r")
+    hits = (np.asarray(a[f"{direction}_rank"]) < int(k)).astype(np.float64)
+    if direction == "i2t":
+        return lambda c: resample.weighted_mean(hits, c)
+    _, index, size = np.unique(a["study"], return_inverse=True, return_counts=True)
+    share = 1.0 / size[index]
+    return lambda c: resample.weighted_mean(hits, c * share)
 
 
 @dataclass
@@ -262,9 +284,8 @@ class Predictions:
             return lambda c: resample.macro_auroc(a["scores"], a["targets"], c)
         if metric == "accuracy":
             return lambda c: resample.accuracy(a["scores"], a["targets"], c)
-        if metric.startswith("i2t_r"):
-            hits = (np.asarray(a["i2t_rank"]) < int(metric[5:])).astype(np.float64)
-            return lambda c: resample.weighted_mean(hits, c)
+        if self.layout == "retrieval":
+            return _retrieval_resampled(a, metric)
         if metric == "dice":
             return lambda c: resample.weighted_mean(a["dice"], c)
         if metric == "dice_pos":

@@ -223,3 +223,35 @@ def test_moco2_augmentation_varies_and_stays_normalised() -> None:
     views = [moco2_image(image, 72, 64, torch.Generator().manual_seed(s)) for s in range(6)]
     assert all(v.shape == (3, 64, 64) and v.min() >= -1 and v.max() <= 1 for v in views)
     assert len({round(float(v.sum()), 3) for v in views}) == 6
+
+
+def test_zero_shot_and_retrieval_suite_end_to_end(synth_tiny, tmp_path, capsys) -> None:
+    """Pre-training exports the vision–language artifact; the evaluation-only tasks run once per
+    encoder (fraction 1.0, no training), leave out a method without a text side, and their records
+    feed the table (with its chance rows), `compare` and the leaderboard gate."""
+    suite = tmp_path / "zs.yaml"
+    suite.write_text("name: zs\npreset: tiny\nmethods: [random_init, convirt, supervised]\n"
+                     "tasks: [chexpert_zeroshot, mimic_retrieval]\nfractions: [0.1, 1.0]\n"
+                     "seeds: [42]\npretrain_seed: 0\n")  # fmt: skip
+    runs, boards = tmp_path / "runs", tmp_path / "boards"
+    common = ["--suite", str(suite), "--runs", str(runs)]
+    assert main(["bench", "--suite", str(suite), "--data-root", str(synth_tiny), "--out",
+                 str(runs), "--no-progress"]) == 0  # fmt: skip
+    table = capsys.readouterr().out
+    assert "zero-shot" in table and "supervised" not in table.split("|---")[-1]
+    assert "*majority class*" in table and "*random ranking*" in table
+    records = {(r.method, r.task): r for r in map(read_record, runs.rglob("result.json"))}
+    assert set(records) == {(m, t) for m in ("random_init", "convirt")
+                            for t in ("chexpert_zeroshot", "mimic_retrieval")}  # fmt: skip
+    zs = records[("convirt", "chexpert_zeroshot")]
+    assert zs.fraction == 1.0 and zs.metric == "test/accuracy" and zs.probe_mode == "zeroshot"
+    assert len(zs.extra["prompts_sha256"]) == 16 and zs.extra["test_images"] % 5 == 0
+    retrieval = records[("random_init", "mimic_retrieval")]
+    assert retrieval.metric == "test/r_mean" and 0.0 <= retrieval.value <= 1.0
+    for method in ("random_init", "convirt"):
+        assert (runs / "zs" / method / "pretrain" / "s0" / "vl" / "vl.json").is_file()
+    assert main(["compare", *common, "--resamples", "200"]) == 0
+    assert "chexpert_zeroshot" in capsys.readouterr().out
+    assert main(["leaderboard", "update", *common, "--leaderboards", str(boards)]) == 0
+    assert main(["leaderboard", "check", *common, "--leaderboards", str(boards)]) == 0
+    assert "4 ok" in capsys.readouterr().out

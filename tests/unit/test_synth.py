@@ -13,6 +13,7 @@ import pytest
 from cxrbench.data.codecs import read_image
 from cxrbench.data.formats import chexpert, rsna, siim
 from cxrbench.synth import PRESETS, generate
+from cxrbench.synth.cases import PREVALENCE
 from cxrbench.synth.findings import Finding
 from cxrbench.synth.reports import label_report, write_report
 
@@ -182,3 +183,29 @@ def test_manifest_says_which_corpus_is_out_of_date(corpus, tmp_path, monkeypatch
     assert data_root_for(plan, progress=False) == current and calls == [current]
     given = SimpleNamespace(data_root=current, suite=SimpleNamespace(data_root="x", preset="tiny"))
     assert data_root_for(given, progress=False) == current and calls == [current]
+
+
+def test_chexpert_single_finding_studies_feed_gloria_rule(corpus) -> None:
+    """A share of CheXpert studies holds one competition finding alone (corpus version 3), so
+    GLoRIA's 5×200 rule finds every class; other layouts draw exactly as before."""
+    from cxrbench.synth.cases import SINGLE_FINDING, sample_findings
+    from cxrbench.tasks.chexpert_zeroshot import eligible
+
+    d = PRESETS["small"].difficulty
+    share, weights = SINGLE_FINDING["chexpert"]
+    rng = np.random.default_rng(0)
+    draws = [sample_findings("chexpert", rng, d) for _ in range(4000)]
+    alone = [f[0].kind for f in draws if len(f) == 1 and f[0].kind in weights]
+    # single-finding studies plus the independent draws that happen to hold one finding
+    assert share <= len(alone) / len(draws) < share + 0.2  # independent draws alone: ~0.23
+    assert set(alone) == set(weights)
+    assert alone.count("consolidation") > 2 * alone.count("cardiomegaly")  # weighted 3.5 : 1
+    # RSNA (and every layout without single-finding studies) consumes the generator as before
+    a, b = np.random.default_rng(1), np.random.default_rng(1)
+    assert "rsna" not in SINGLE_FINDING
+    prevalence = PREVALENCE["rsna"]
+    assert [f.kind for f in sample_findings("rsna", a, d)] == [
+        k for k, p in prevalence.items() if b.random() < p
+    ]
+    pools = eligible(chexpert.read(corpus / "chexpert"))
+    assert all(len(p) >= 3 for p in pools.values()), {k: len(v) for k, v in pools.items()}

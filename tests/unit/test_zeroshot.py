@@ -3,7 +3,9 @@ Recall@K with its chance level, each against a hand computation."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -145,3 +147,59 @@ def test_prompt_precision_by_hand() -> None:
                            ks=(1, 2, 3, 5))  # type: ignore[arg-type]  # fmt: skip
     # image 0 ranks a1, b1, a2: P@1 1, P@2 1/2; image 1 ranks a2, b1, a1: P@1 0, P@2 1/2
     assert out == {"p@1": 0.5, "p@2": 0.5, "p@3": pytest.approx(0.5)}  # K beyond the prompts: none
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z]+", re.sub(r"\{[^}]*\}", " ", text.lower())))
+
+
+def _strings(node: object) -> list[str]:
+    if isinstance(node, str):
+        return [node]
+    if isinstance(node, dict):
+        return [s for v in node.values() for s in _strings(v)]
+    if isinstance(node, (list, tuple)):
+        return [s for v in node for s in _strings(v)]
+    return []
+
+
+@pytest.mark.parametrize("task", ["chexpert_zeroshot", "rsna_zeroshot"])
+def test_prompts_use_only_the_report_grammars_words(task) -> None:
+    """docs/synthcxr.md: a text tower pre-trained on SynthCXR reports knows no other words."""
+    import yaml
+
+    from cxrbench.synth import reports
+
+    grammar = [*_strings(reports.POSITIVE), *_strings(reports.NEGATIVE),
+               *_strings(reports.HEDGE_NOUNS), *reports.COMPARISONS,
+               *[w for _, words in reports.SEVERITY for w in words], *reports.SIDE.values(),
+               "upper middle lower mildly moderately markedly"]  # fmt: skip
+    known = set().union(*map(_words, grammar))
+    path = Path(__file__).resolve().parents[2] / "src/cxrbench/configs/task" / f"{task}.yaml"
+    prompts = yaml.safe_load(path.read_text())["params"]["prompts"]
+    unknown = set().union(*map(_words, _strings(prompts))) - known
+    assert not unknown, f"{task} prompts use words no SynthCXR report has: {sorted(unknown)}"
+
+
+def test_retrieval_resamples_give_the_recorded_recalls_and_weigh_studies_by_drawn_images(
+    tmp_path,
+) -> None:
+    """`cxrbench compare` resamples images; a report (one query per study) weighs the share of
+    its study's images drawn, so on the test set itself every metric is the recorded one."""
+    from cxrbench.predictions import Predictions
+
+    study = np.array([0, 0, 1, 2, 2, 2])  # 6 images, 3 reports
+    i2t = np.array([0, 3, 0, 12, 1, 0])
+    t2i = np.array([4, 4, 0, 11, 11, 11])  # per study, repeated on each of its images
+    arrays = {"kind": "retrieval", "task": "mimic_retrieval", "ids": [f"i{k}" for k in range(6)],
+              "i2t_rank": i2t, "t2i_rank": t2i, "study": study}  # fmt: skip
+    preds = Predictions(tmp_path / "predictions.npz", arrays)
+    recorded = preds.metrics()
+    ones = np.ones((1, 6))
+    for name in ("i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5", "t2i_r10", "r_mean"):
+        assert preds.resampled(name)(ones)[0] == pytest.approx(recorded[f"test/{name}"]), name
+    # a resample with study 0's images twice, study 1's none, one image of study 2:
+    # reports weigh 2 (all of study 0's images, twice), 0 and 1/3; study 0 hits R@5, study 2 not
+    counts = np.array([[2, 2, 0, 1, 0, 0]])
+    assert preds.resampled("t2i_r5")(counts)[0] == pytest.approx(2 / (2 + 1 / 3))
+    assert preds.resampled("i2t_r1")(counts)[0] == pytest.approx(2 / 5)  # images 0, 0 hit

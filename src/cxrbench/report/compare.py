@@ -23,7 +23,10 @@ bootstrap confidence interval and p-value, read from the runs' ``predictions.npz
   multi-label: the combination) for classification, GT-positive or not for detection. Every
   resample keeps the test set's positives of every class, so no resample is undefined. Dice and
   accuracy resample all images together. A resample on which a metric is still undefined is
-  dropped and counted (``skipped``), never averaged as NaN.
+  dropped and counted (``skipped``), never averaged as NaN. Retrieval resamples images too
+  (its ranks against the whole gallery stay fixed): image→report recalls over the drawn images,
+  report→image recalls with each report (one query per study) weighing the share of its study's
+  images drawn (:func:`cxrbench.predictions._retrieval_resampled`), ``r_mean`` their mean.
 * **Interval.** The percentile interval of the resampled Δ (level 0.95 by default).
 * **p-value.** Two-sided, from the same resamples: p = min(1, 2·(1 + min(#Δ* ≤ 0, #Δ* ≥ 0)) /
   (B + 1)), the smallest level at which the percentile interval would exclude 0 (with the usual
