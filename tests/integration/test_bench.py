@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -255,3 +256,12 @@ def test_zero_shot_and_retrieval_suite_end_to_end(synth_tiny, tmp_path, capsys) 
     assert main(["leaderboard", "update", *common, "--leaderboards", str(boards)]) == 0
     assert main(["leaderboard", "check", *common, "--leaderboards", str(boards)]) == 0
     assert "4 ok" in capsys.readouterr().out
+    from cxrbench.report.plots import label_efficiency_figure
+    from cxrbench.report.tables import suite_layout
+    from cxrbench.runner.plan import load_suite
+
+    layout, _ = suite_layout(load_suite(suite), runs, None, Path("results/published"))
+    fig = label_efficiency_figure(layout, title="zs", method_order=["random_init", "convirt"])
+    panel = next(ax for ax in fig.axes if ax.get_visible())
+    assert [t.get_text() for t in panel.get_xticklabels()] == ["zero-shot"]
+    assert panel.get_xlabel() == "no labels (nothing trained)"

@@ -102,10 +102,11 @@ def _panel(ax, layout: Layout, task: str, ours: Sequence[Row], colours: dict[str
                 color=colours[row.reported.key])  # fmt: skip
     metric, column = layout.metric_of(task), layout.columns[idx[0]]
     ax.set_xscale("log")
-    ax.set_xticks(fractions, [f"{f * 100:g}%" for f in fractions])
+    labels = [layout.columns[i].label for i in idx]  # "zero-shot" for a task using no labels
+    ax.set_xticks(fractions, labels)
     ax.minorticks_off()
     ax.set_xlim(min(fractions) / 1.8, max(fractions) * 1.8)
-    ax.set_xlabel("label fraction")
+    ax.set_xlabel("label fraction" if labels != ["zero-shot"] else "no labels (nothing trained)")
     scaled = " (× 100)" if column.scale == 100 else ""
     lower = "" if column.higher_is_better else ", lower is better"
     ax.set_ylabel(f"{METRIC_NAMES.get(metric, metric)}{scaled}{lower}")
@@ -170,6 +171,8 @@ def write_suite_plot(
     layout, _ = suite_layout(suite, runs, published, published_dir)
     spread = spread_words(suite)
     data = "real data" if suite.data_root else f"SynthCXR {suite.preset}"
-    title = f"{suite.name}: label efficiency · {data} · {spread}"
+    trained = any(c.label != "zero-shot" for c in layout.columns)
+    kind = "label efficiency" if trained else "zero-shot and retrieval"
+    title = f"{suite.name}: {kind} · {data} · {spread}"
     fig = label_efficiency_figure(layout, title=title, method_order=suite.rows)
     return write_figure(fig, Path(out) / f"{suite.name}_label_efficiency", command)
