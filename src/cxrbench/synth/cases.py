@@ -39,8 +39,8 @@ SITE_MIX = {
 #: synth-small's train.csv held 88 / 102 / 28 / 10 / 120 eligible images. Consolidation and edema
 #: weigh more because the rule reads the report: two of the three consolidation sentences name
 #: pneumonia (a second positive, or an uncertain one) and one of the three edema sentences says
-#: "haziness" (Lung Opacity), so fewer of their single-finding studies stay eligible. On synth-small
-#: this gives about 110-170 eligible images per class (docs/synthcxr.md).
+#: "haziness" (Lung Opacity), so fewer of their single-finding studies stay eligible. synth-small
+#: now has 150 / 159 / 114 / 92 / 163 (docs/synthcxr.md).
 SINGLE_FINDING: dict[str, tuple[float, dict[str, float]]] = {
     "chexpert": (0.45, {"atelectasis": 1.0, "cardiomegaly": 1.0, "consolidation": 3.5,
                         "edema": 1.5, "effusion": 1.0}),
