@@ -252,7 +252,8 @@ def test_zero_shot_and_retrieval_suite_end_to_end(synth_tiny, tmp_path, capsys) 
     for method in ("random_init", "convirt"):
         assert (runs / "zs" / method / "pretrain" / "s0" / "vl" / "vl.json").is_file()
     assert main(["compare", *common, "--resamples", "200"]) == 0
-    assert "chexpert_zeroshot" in capsys.readouterr().out
+    compared = capsys.readouterr().out  # suite order: random_init first
+    assert "| random_init | convirt | chexpert_zeroshot | zero-shot | ACC ↑ |" in compared
     assert main(["leaderboard", "update", *common, "--leaderboards", str(boards)]) == 0
     assert main(["leaderboard", "check", *common, "--leaderboards", str(boards)]) == 0
     assert "4 ok" in capsys.readouterr().out

@@ -63,6 +63,7 @@ from cxrbench.predictions import Predictions, read_predictions
 from cxrbench.report.schema import ResultRecord
 from cxrbench.report.store import collect_paths
 from cxrbench.report.suites import METRIC_NAMES, PAPER_SCALE, resolve_suite, suite_grid
+from cxrbench.report.tables import fraction_label
 from cxrbench.runs import PREDICTIONS_FILE
 from cxrbench.suite import Suite
 
@@ -531,7 +532,7 @@ def render_markdown(c: Comparison, decimals: int = 1) -> str:
             delta = f"**{delta}**"
         lines.append(
             "| " + " | ".join([
-                r.method_a, r.method_b, r.task, f"{r.fraction * 100:g}%",
+                r.method_a, r.method_b, r.task, fraction_label(r.task, r.fraction),
                 f"{METRIC_NAMES.get(r.metric, r.metric)} {arrow}",
                 f"{r.mean_a * s:.{decimals}f}", f"{r.mean_b * s:.{decimals}f}", delta,
                 f"[{r.low * s:+.{decimals}f}, {r.high * s:+.{decimals}f}]", _p(r.p),

@@ -62,12 +62,17 @@ class Column:
 
     @property
     def label(self) -> str:
-        """The fraction as a column heading; ``zero-shot`` for a task that uses no labels."""
-        from cxrbench.tasks import TASKS
+        return fraction_label(self.task, self.fraction)
 
-        if self.task in TASKS and TASKS.get(self.task).evaluation_only:
-            return "zero-shot"
-        return f"{self.fraction * 100:g}%"
+
+def fraction_label(task: str, fraction: float) -> str:
+    """A label fraction as tables and comparisons print it; ``zero-shot`` for a task that uses no
+    labels."""
+    from cxrbench.tasks import TASKS
+
+    if task in TASKS and TASKS.get(task).evaluation_only:
+        return "zero-shot"
+    return f"{fraction * 100:g}%"
 
 
 @dataclass(frozen=True)
