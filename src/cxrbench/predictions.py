@@ -156,9 +156,10 @@ def _retrieval_resampled(
     every study weighs 1 and this is the recorded recall; on a resample a study weighs the share
     of its images drawn. ``r_mean`` is the mean of the six on the same resample."""
     from cxrbench.metrics import resample
+    from cxrbench.systems.retrieval import KS
 
-    if metric == "r_mean":
-        parts = [_retrieval_resampled(a, f"{d}_r{k}") for d in ("i2t", "t2i") for k in (1, 5, 10)]
+    if metric == "r_mean":  # as systems.retrieval.recalls: the mean over both directions and KS
+        parts = [_retrieval_resampled(a, f"{d}_r{k}") for d in ("i2t", "t2i") for k in KS]
         return lambda c: np.mean([f(c) for f in parts], axis=0)
     direction, k = metric.split("_r")
     hits = (np.asarray(a[f"{direction}_rank"]) < int(k)).astype(np.float64)

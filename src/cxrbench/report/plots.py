@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cxrbench.report.suites import METRIC_NAMES, spread_words
-from cxrbench.report.tables import Layout, Row, header_line, suite_layout
+from cxrbench.report.tables import ZERO_SHOT, Layout, Row, header_line, suite_layout
 from cxrbench.utils.io import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -102,11 +102,11 @@ def _panel(ax, layout: Layout, task: str, ours: Sequence[Row], colours: dict[str
                 color=colours[row.reported.key])  # fmt: skip
     metric, column = layout.metric_of(task), layout.columns[idx[0]]
     ax.set_xscale("log")
-    labels = [layout.columns[i].label for i in idx]  # "zero-shot" for a task using no labels
+    labels = [layout.columns[i].label for i in idx]  # ZERO_SHOT for a task using no labels
     ax.set_xticks(fractions, labels)
     ax.minorticks_off()
     ax.set_xlim(min(fractions) / 1.8, max(fractions) * 1.8)
-    ax.set_xlabel("label fraction" if labels != ["zero-shot"] else "no labels (nothing trained)")
+    ax.set_xlabel("label fraction" if labels != [ZERO_SHOT] else "no labels (nothing trained)")
     scaled = " (× 100)" if column.scale == 100 else ""
     lower = "" if column.higher_is_better else ", lower is better"
     ax.set_ylabel(f"{METRIC_NAMES.get(metric, metric)}{scaled}{lower}")
@@ -171,7 +171,7 @@ def write_suite_plot(
     layout, _ = suite_layout(suite, runs, published, published_dir)
     spread = spread_words(suite)
     data = "real data" if suite.data_root else f"SynthCXR {suite.preset}"
-    trained = any(c.label != "zero-shot" for c in layout.columns)
+    trained = any(c.label != ZERO_SHOT for c in layout.columns)
     kind = "label efficiency" if trained else "zero-shot and retrieval"
     title = f"{suite.name}: {kind} · {data} · {spread}"
     fig = label_efficiency_figure(layout, title=title, method_order=suite.rows)

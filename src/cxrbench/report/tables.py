@@ -65,13 +65,17 @@ class Column:
         return fraction_label(self.task, self.fraction)
 
 
+#: the fraction label of a task that uses no labels (zero-shot, retrieval)
+ZERO_SHOT = "zero-shot"
+
+
 def fraction_label(task: str, fraction: float) -> str:
     """A label fraction as tables and comparisons print it; ``zero-shot`` for a task that uses no
     labels."""
     from cxrbench.tasks import TASKS
 
     if task in TASKS and TASKS.get(task).evaluation_only:
-        return "zero-shot"
+        return ZERO_SHOT
     return f"{fraction * 100:g}%"
 
 
