@@ -24,7 +24,7 @@ import torch
 from cxrbench.data.pretrain import PairDataset, collate, load_pairs
 from cxrbench.errors import ConfigError
 from cxrbench.methods import METHODS
-from cxrbench.runner.bench import data_root_for
+from cxrbench.runner.bench import suite_data_root
 from cxrbench.runner.pretrain import build_method, resolve_text_model
 from cxrbench.runner.resolve import load_config
 from cxrbench.suite import Suite
@@ -54,7 +54,7 @@ def main() -> None:
     args = parser.parse_args()
     names = args.methods or [n for n in METHODS.names() if METHODS.get(n).needs_text]
     names = ["convirt", *[n for n in names if n != "convirt"]]
-    data_root = data_root_for(Suite(preset=args.preset), progress=False)
+    data_root = suite_data_root(Suite(preset=args.preset), progress=False)
     mimic = data_root / "mimic-cxr-jpg"
     first = load_config("convirt", args.preset, ["trainer.progress=false"])
     text_path = resolve_text_model(first, mimic, progress=False)

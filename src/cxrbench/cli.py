@@ -142,6 +142,27 @@ def cmd_data_splits(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_cache(args: argparse.Namespace) -> int:
+    import time
+
+    from cxrbench.data.store import ImageStore, dataset_images
+
+    start = time.perf_counter()
+    paths = dataset_images(args.dataset, _dataset_dir(args))
+    store = ImageStore.ensure(paths, args.size, cache_root=Path(args.out), decoder=args.decoder,
+                              progress=not args.no_progress, workers=args.workers)  # fmt: skip
+    summary = {
+        "dataset": args.dataset,
+        "store": str(store.folder),
+        "size": store.size,
+        "decoder": store.decoder,
+        "images": len(store),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    _emit(json.dumps(summary, indent=2))
+    return 0
+
+
 def _dataset_dir(args: argparse.Namespace) -> Path:
     """``--data-root``: a data root holding the dataset's folder, or that folder itself."""
     from cxrbench.data.formats import FOLDERS
@@ -404,6 +425,26 @@ def build_parser() -> argparse.ArgumentParser:
     _data_root_flag(splits, "a data root holding the dataset's folder, or that folder")
     splits.add_argument("--force", action="store_true", help="remake even if stored splits exist")
     splits.set_defaults(func=cmd_data_splits)
+
+    cache = dsub.add_parser(
+        "cache",
+        help="decode a dataset's images once into the preprocessed image store (data.store / "
+        "image.store read it)",
+    )
+    cache.add_argument("--dataset", required=True, choices=_dataset_keys())
+    _data_root_flag(cache, "a data root holding the dataset's folder, or that folder")
+    cache.add_argument("--size", type=int, required=True,
+                       help="the long side the images are kept at: the runs' resize (data.resize "
+                       "for pre-training, image.resize for tasks)")  # fmt: skip
+    cache.add_argument("--decoder", default="exact", choices=("exact", "draft"),
+                       help="exact: the decoded files' pixels; draft: JPEG DCT-domain "
+                       "downscaling, faster, pixels differ (docs/performance.md)")  # fmt: skip
+    cache.add_argument("--out", default="results/cache/images",
+                       help="the stores' folder (bench: <out>/../cache/images, so "
+                       "results/cache/images for the default --out)")  # fmt: skip
+    cache.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    cache.add_argument("--no-progress", action="store_true")
+    cache.set_defaults(func=cmd_data_cache)
 
     inspect = dsub.add_parser(
         "inspect",

@@ -14,10 +14,13 @@ from cxrbench.runner.resolve import load_config
 from cxrbench.systems.pretrain import PretrainSystem
 
 
-def _job(text_model, epochs: int = 2):
-    sets = [f"text.model={text_model}", "text.max_length=32", f"trainer.max_epochs={epochs}",
+def _sets(text_model, epochs: int = 2) -> list[str]:
+    return [f"text.model={text_model}", "text.max_length=32", f"trainer.max_epochs={epochs}",
             "trainer.progress=false", "data.batch_size=16"]  # fmt: skip
-    return load_config("convirt", "tiny", sets)
+
+
+def _job(text_model, epochs: int = 2, extra: tuple[str, ...] = ()):
+    return load_config("convirt", "tiny", [*_sets(text_model, epochs), *extra])
 
 
 def test_crash_then_resume_equals_uninterrupted(pairs_corpus, text_model, tmp_path, monkeypatch):
@@ -119,3 +122,17 @@ def test_export_from_a_checkpoint_equals_the_finished_artifact(pairs_corpus, tex
     b = safetensors.torch.load_file(tmp_path / "exp" / "encoder.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert read_meta(tmp_path / "exp")["config_hash"] == read_meta(artifact)["config_hash"]
+
+
+def test_image_store_gives_the_same_encoder(pairs_corpus, text_model, tmp_path) -> None:
+    """``data.store=exact`` (built on first use, read by loader workers): the same config hash
+    and the same encoder, bit for bit, as decoding the files."""
+    from cxrbench.models.artifact import encoder_sha256
+
+    files = run_pretrain(_job(text_model, 1), pairs_corpus, tmp_path / "files")
+    job = _job(text_model, 1, ("data.store=exact", "data.workers=1"))
+    assert job.config_hash == _job(text_model, 1).config_hash
+    stored = run_pretrain(job, pairs_corpus, tmp_path / "store", tmp_path / "images")
+    [folder] = (tmp_path / "images").iterdir()
+    assert (folder / "store.json").is_file()
+    assert encoder_sha256(stored) == encoder_sha256(files)

@@ -23,7 +23,7 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
-from cxrbench.data.codecs import read_image
+from cxrbench.data.store import ImageStore, read_resized
 from cxrbench.data.transforms import mgca_image
 from cxrbench.errors import CxrbenchError
 from cxrbench.utils.io import atomic_write_bytes, read_safetensors
@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 
 
 # the modules whose code decides what a feature is: reading, transforming, the forward pass
-_FEATURE_CODE = ("data/codecs.py", "data/transforms.py", "data/features.py", "models/backbones.py")
+_FEATURE_CODE = ("data/codecs.py", "data/transforms.py", "data/features.py", "data/store.py",
+                 "models/backbones.py")  # fmt: skip
 
 
 @functools.cache
@@ -89,14 +90,16 @@ def extract_features(
     crop: int,
     batch_size: int = 128,
     device: str | torch.device = "cpu",
+    store: ImageStore | None = None,
 ) -> torch.Tensor:
-    """Pooled features (N, D) of the centre-cropped images, encoder in eval mode."""
+    """Pooled features (N, D) of the centre-cropped images, encoder in eval mode (images from
+    ``store`` where it holds them)."""
     was_training = encoder.training
     encoder.eval()
     chunks = []
     for start in range(0, len(paths), batch_size):
         batch = [
-            mgca_image(read_image(p), resize, crop, train=False)
+            mgca_image(read_resized(p, resize, store), resize, crop, train=False)
             for p in paths[start : start + batch_size]
         ]
         chunks.append(encoder(torch.stack(batch).to(device)).pooled.float().cpu())
@@ -142,6 +145,7 @@ class FeatureCache:
         resize: int,
         crop: int,
         batch_size: int = 128,
+        store: ImageStore | None = None,
     ) -> torch.Tensor:
         """Cached features of ``paths``, extracted (and stored) on a miss. One process extracts
         an entry at a time (a second waits for it, then reads the stored features)."""
@@ -155,7 +159,7 @@ class FeatureCache:
                 return cached
             self.misses += 1
             log.info("extracting features of %d images (cache miss)", len(paths))
-            features = extract_features(encoder, paths, resize, crop, batch_size)
+            features = extract_features(encoder, paths, resize, crop, batch_size, store=store)
             self.put(key, features)
         # entries are many: leave no lock file behind (a process that was waiting on it finds
         # the stored features; only a failed extraction, which skips this, leaves it)

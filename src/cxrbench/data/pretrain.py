@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from cxrbench.data.codecs import read_image
 from cxrbench.data.formats import mimic
+from cxrbench.data.store import ImageStore, read_resized
 from cxrbench.data.transforms import mgca_image
 from cxrbench.errors import DataFormatError
 
@@ -53,19 +53,43 @@ def load_pairs(mimic_root: Path, split: str, limit: int | None = None) -> list[P
     return pairs[:limit] if limit else pairs
 
 
+def pair_store(
+    mimic_root: Path, resize: int, decoder: str, cache_root: Path, progress: bool = False
+) -> ImageStore:
+    """The image store of every pre-training pair's image (train and val) at ``resize``."""
+    from cxrbench.data.store import dataset_images
+
+    return ImageStore.ensure(dataset_images("mimic", mimic_root), resize, cache_root=cache_root,
+                             decoder=decoder, progress=progress)  # fmt: skip
+
+
 class PairDataset(Dataset[dict[str, Any]]):
     """Decoded, resized, cropped image + its report text."""
 
-    def __init__(self, pairs: list[Pair], resize: int, crop: int, *, train: bool) -> None:
+    def __init__(
+        self,
+        pairs: list[Pair],
+        resize: int,
+        crop: int,
+        *,
+        train: bool,
+        store: ImageStore | None = None,
+    ) -> None:
         self.pairs = pairs
         self.resize, self.crop, self.train = resize, crop, train
+        self.store = store  # preprocessed images (data/store.py); None: decode the files
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         pair = self.pairs[i]
-        image = mgca_image(read_image(pair.image_path), self.resize, self.crop, train=self.train)
+        image = mgca_image(
+            read_resized(pair.image_path, self.resize, self.store),
+            self.resize,
+            self.crop,
+            train=self.train,
+        )
         sentences = pair.sentences or (pair.text,)
         return {
             "image": image,

@@ -36,6 +36,7 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -106,10 +107,15 @@ class Splits:
 # ----------------------------------------------------------------------------------- dataset rules
 
 
-def _chexpert_rule(root: Path) -> Rule:
+def _read(key: str, root: Path, index: Any) -> Any:
+    """The dataset's index: the one its caller already read, or read now."""
+    return index if index is not None else formats.READERS[key].read(root)
+
+
+def _chexpert_rule(root: Path, index: Any = None) -> Rule:
     from cxrbench.data.formats import chexpert
 
-    index = chexpert.read(root)
+    index = _read("chexpert", root, index)
     frontal = [r for r in index.images if r.frontal]
     names = tuple(chexpert.COMPETITION_CLASSES)
     labels = {
@@ -130,8 +136,8 @@ def _chexpert_rule(root: Path) -> Rule:
     return Rule(items, 0.15, 0.0, 5000, names)
 
 
-def _binary_rule(key: str, root: Path, val: float, test: float) -> Rule:
-    index = formats.READERS[key].read(root)
+def _binary_rule(key: str, root: Path, val: float, test: float, index: Any = None) -> Rule:
+    index = _read(key, root, index)
     items = []
     for r in index.images:
         positive = bool(r.target) if key == "rsna" else bool(r.rles)
@@ -141,8 +147,8 @@ def _binary_rule(key: str, root: Path, val: float, test: float) -> Rule:
     return Rule(tuple(items), val, test, None, ("positive",))
 
 
-def _objectcxr_rule(root: Path) -> Rule:
-    index = formats.READERS["objectcxr"].read(root)
+def _objectcxr_rule(root: Path, index: Any = None) -> Rule:
+    index = _read("objectcxr", root, index)
     items = tuple(
         Item(
             r.image_name,
@@ -155,8 +161,8 @@ def _objectcxr_rule(root: Path) -> Rule:
     return Rule(items, 0.1, 0.0, None, ("object",))
 
 
-def _covidx_rule(root: Path) -> Rule:
-    index = formats.READERS["covidx"].read(root)
+def _covidx_rule(root: Path, index: Any = None) -> Rule:
+    index = _read("covidx", root, index)
     items = tuple(
         Item(r.filename, r.label, (r.label,), "test" if r.split == "test" else None)
         for r in index.images
@@ -164,8 +170,8 @@ def _covidx_rule(root: Path) -> Rule:
     return Rule(items, 0.2, 0.0, None, tuple(index.classes))
 
 
-def _mimic_rule(root: Path) -> Rule:
-    index = formats.READERS["mimic"].read(root)
+def _mimic_rule(root: Path, index: Any = None) -> Rule:
+    index = _read("mimic", root, index)
     part = {"train": None, "validate": "val", "test": "test"}
     items = tuple(Item(r.dicom_id, "all", (), part[r.split]) for r in index.frontal())
     return Rule(items, 0.0, 0.0, None, ())
@@ -176,19 +182,19 @@ def _record_id(key: str, record: object) -> str:
     return str(getattr(record, attr))
 
 
-def _rule(dataset: str, root: Path) -> Rule:
+def _rule(dataset: str, root: Path, index: Any = None) -> Rule:
     if dataset == "chexpert":
-        return _chexpert_rule(root)
+        return _chexpert_rule(root, index)
     if dataset == "rsna":
-        return _binary_rule("rsna", root, 0.2, 0.2)
+        return _binary_rule("rsna", root, 0.2, 0.2, index)
     if dataset == "siim":
-        return _binary_rule("siim", root, 0.15, 0.15)
+        return _binary_rule("siim", root, 0.15, 0.15, index)
     if dataset == "objectcxr":
-        return _objectcxr_rule(root)
+        return _objectcxr_rule(root, index)
     if dataset == "covidx":
-        return _covidx_rule(root)
+        return _covidx_rule(root, index)
     if dataset == "mimic":
-        return _mimic_rule(root)
+        return _mimic_rule(root, index)
     raise CxrbenchError(
         f"no split rule for dataset {dataset!r}; known: {', '.join(formats.READERS)}"
     )
@@ -255,10 +261,13 @@ def splits_dir(dataset_root: Path) -> Path:
     return Path(dataset_root) / SPLITS_DIR
 
 
-def make_splits(dataset: str, root: Path, *, force: bool = False, seed: int = SPLIT_SEED) -> Splits:
-    """Make (or reuse) the stored splits of ``dataset`` read from its folder ``root``."""
+def make_splits(
+    dataset: str, root: Path, *, force: bool = False, seed: int = SPLIT_SEED, index: Any = None
+) -> Splits:
+    """Make (or reuse) the stored splits of ``dataset`` read from its folder ``root``
+    (``index``: the dataset's index when the caller has read it already)."""
     root = Path(root)
-    rule = _rule(dataset, root)
+    rule = _rule(dataset, root, index)
     if not rule.items:
         raise DataFormatError(root, f"at least one {dataset} image to split", "none")
     fingerprint = _fingerprint(rule)

@@ -15,8 +15,11 @@ import torch
 MEAN, STD = 0.5, 0.5
 
 
-def resize_pad(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize the long side of a 2-D uint8 image to ``size`` and zero-pad it to ``size × size``."""
+def resize_long_side(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize a 2-D image so its long side is ``size`` (area interpolation when shrinking,
+    bilinear when growing); an image already that size is returned as is. Applied to its own
+    output it changes nothing, so the image store (``data/store.py``) keeps this and
+    :func:`resize_pad` of the stored image equals :func:`resize_pad` of the file."""
     if image.ndim != 2:
         raise ValueError(f"resize_pad needs a 2-D grayscale image, got shape {image.shape}")
     h, w = image.shape
@@ -25,6 +28,13 @@ def resize_pad(image: np.ndarray, size: int) -> np.ndarray:
     if (nh, nw) != (h, w):
         interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
         image = cv2.resize(image, (nw, nh), interpolation=interp)
+    return image
+
+
+def resize_pad(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize the long side of a 2-D uint8 image to ``size`` and zero-pad it to ``size × size``."""
+    image = resize_long_side(image, size)
+    nh, nw = image.shape
     out = np.zeros((size, size), dtype=image.dtype)
     top, left = (size - nh) // 2, (size - nw) // 2
     out[top : top + nh, left : left + nw] = image

@@ -70,6 +70,9 @@ class DataSpec(DataRoots):
     batch_size: int = 72
     workers: int = 4
     limit_pairs: int | None = None  # use only the first N training pairs (quick runs)
+    # read images from the preprocessed image store (data/store.py): off | exact (the decoded
+    # files' pixels, bit for bit: out of the config hash) | draft (JPEG DCT-domain downscaling)
+    store: str = "off"
 
 
 @dataclass

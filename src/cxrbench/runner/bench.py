@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from cxrbench.errors import ConfigError, CxrbenchError
 from cxrbench.runner.execute import Outcome, execute
 from cxrbench.runner.plan import make_plan
-from cxrbench.runner.resolve import SYNTH_PRESETS, Job, ResolvedPlan, resolve
+from cxrbench.runner.resolve import SYNTH_PRESETS, Job, ResolvedPlan, data_root_path, resolve
 from cxrbench.suite import Suite, check, grid_name, load_suite, normalized
 
 if TYPE_CHECKING:
@@ -95,7 +95,16 @@ def resolve_bench(
 
 def data_root_for(plan: ResolvedPlan, progress: bool) -> Path:
     """The plan's data root; the SynthCXR corpus of the preset is generated when missing."""
-    root, suite = plan.data_root, plan.suite
+    return _synth_made(plan.data_root, plan.suite, progress)
+
+
+def suite_data_root(suite: Suite, progress: bool) -> Path:
+    """The suite's data root (``--data-root``, or its preset's SynthCXR corpus under
+    ``datasets/``, generated when missing or out of date)."""
+    return _synth_made(data_root_path(suite), suite, progress)
+
+
+def _synth_made(root: Path, suite: Suite, progress: bool) -> Path:
     if suite.data_root:
         return root
     from cxrbench.synth import generate, stale_reason

@@ -53,7 +53,9 @@ def pretrain_job(job: Job) -> Path:
     order, a SLURM job (``executors.py``) calls it on a node."""
     assert isinstance(job.config, PretrainJob) and job.stage == "pretrain"
     config = job.config
-    return _reporting(job, lambda: run_pretrain(config, job.data_root, job.run_dir))
+    # the image store (data.store) sits beside the feature cache: <out>/../cache/images
+    store_root = job.cache_root.parent / "images"
+    return _reporting(job, lambda: run_pretrain(config, job.data_root, job.run_dir, store_root))
 
 
 def transfer_job(job: Job) -> ResultRecord:

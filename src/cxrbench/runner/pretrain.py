@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 
 from cxrbench.config import Layer, build, load_yaml, to_plain
 from cxrbench.data.roots import dataset_folder
+from cxrbench.data.store import DEFAULT_ROOT as DEFAULT_STORE_ROOT
 from cxrbench.errors import CxrbenchError
 from cxrbench.log import quiet_libraries
 from cxrbench.methods import METHODS
@@ -79,19 +80,28 @@ def build_method(job: PretrainJob, text_path: Path | None) -> PretrainMethod:
 
 
 def _loaders(
-    job: PretrainJob, method: PretrainMethod, data_root: Path, mimic_root: Path
+    job: PretrainJob,
+    method: PretrainMethod,
+    data_root: Path,
+    mimic_root: Path,
+    store_root: Path = DEFAULT_STORE_ROOT,
 ) -> tuple[Any, Any, int]:
-
-    from cxrbench.data.pretrain import PairDataset, collate, load_pairs
+    """The training and validation loaders and the number of training pairs; with
+    ``data.store`` the images come from the image store under ``store_root``."""
+    from cxrbench.data.pretrain import PairDataset, collate, load_pairs, pair_store
     from cxrbench.data.resumable import EvalLoader, ResumableLoader
 
     d = job.cfg.data
     datasets = {}
+    store = None
     for split in ("train", "val"):
         own = method.train_dataset(data_root, split)
         if own is None:
+            if d.store != "off" and store is None:
+                store = pair_store(mimic_root, d.resize, d.store, store_root,
+                                   progress=job.cfg.trainer.progress)  # fmt: skip
             pairs = load_pairs(mimic_root, split, d.limit_pairs if split == "train" else None)
-            own = PairDataset(pairs, d.resize, d.crop, train=split == "train")
+            own = PairDataset(pairs, d.resize, d.crop, train=split == "train", store=store)
         datasets[split] = own
     n_train = len(datasets["train"])  # type: ignore[arg-type]
     common: dict[str, Any] = {
@@ -146,19 +156,22 @@ def _trainer(job: PretrainJob, run_dir: Path, train: Any) -> L.Trainer:
     )
 
 
-def run_pretrain(job: PretrainJob, data_root: Path, run_dir: Path) -> Path:
+def run_pretrain(
+    job: PretrainJob, data_root: Path, run_dir: Path, store_root: Path = DEFAULT_STORE_ROOT
+) -> Path:
     """Pre-train (resuming from ``last.ckpt`` when present) and export the encoder artifact.
 
     Returns the artifact folder ``run_dir/encoder``. A finished run (artifact present with the
     same config hash) is returned as is. One process at a time works in ``run_dir`` (a second
-    waits for the first, then finds its artifact).
+    waits for the first, then finds its artifact). With ``data.store`` the images are read from
+    the image store under ``store_root`` (built there on first use).
     """
     run_dir = Path(run_dir)
     with exclusive(run_dir):
-        return _run_pretrain(job, Path(data_root), run_dir)
+        return _run_pretrain(job, Path(data_root), run_dir, Path(store_root))
 
 
-def _run_pretrain(job: PretrainJob, data_root: Path, run_dir: Path) -> Path:
+def _run_pretrain(job: PretrainJob, data_root: Path, run_dir: Path, store_root: Path) -> Path:
     from cxrbench.runner.checkpoints import resume_point
     from cxrbench.systems.callbacks import WallClock
     from cxrbench.systems.pretrain import PretrainSystem
@@ -184,7 +197,7 @@ def _run_pretrain(job: PretrainJob, data_root: Path, run_dir: Path) -> Path:
     method.train()  # HF models load in eval mode; frozen parts keep eval through their train()
     if cls.trains:
         stats["corpus_fingerprint"] = corpus_fingerprint(mimic_root)
-        train, val, n_train = _loaders(job, method, data_root, mimic_root)
+        train, val, n_train = _loaders(job, method, data_root, mimic_root, store_root)
         trainer = _trainer(job, run_dir, train)
         system = PretrainSystem(method, job.cfg)
         last = run_dir / LAST_CHECKPOINT

@@ -75,10 +75,13 @@ TRAIN_KEYS_ADDED = (
 #: ``optim.*`` keys of transfer added after results existed, handled as :data:`TRAIN_KEYS_ADDED`
 OPTIM_KEYS_ADDED = (("schedule", "constant"),)
 SCHEDULES = ("constant", "cosine")
+LOOPS = ("auto", "lightning")
+LOSSLESS_STORE = ("off", "exact")  # image-store modes whose pixels are the decoded files'
 TRANSFER_NON_RESULT_KEYS = (
     "train.workers",
     "trainer.progress",
     "trainer.checkpoint_every",
+    "trainer.loop",
     "train.feature_batch_size",
     "train.map_cache_gib",
     "train.eval_batch_size",
@@ -161,6 +164,7 @@ def load_config(
         raise ConfigError(source, "text.padding", msg)
     params: Any = build(cls.Config, [Layer(x.source, x.values.get("params", {})) for x in layers])
     cfg.params = to_plain(params)
+    cfg.data.store = _store_mode(cfg.data.store, "data.store")
     return PretrainJob(cfg, params, preset, _pretrain_hash(cfg))
 
 
@@ -173,6 +177,8 @@ def _pretrain_hash(cfg: PretrainConfig) -> str:
     # trainer.channels_last was removed (read by nothing); hashed at its old default, so the
     # runs made before keep their identity (the paper preset, which set it, changes hash)
     plain["trainer"]["channels_last"] = False
+    if plain["data"]["store"] in LOSSLESS_STORE:  # the files' own pixels: nothing changes
+        del plain["data"]["store"]
     if not METHODS.get(cfg.method).trains:  # nothing is trained: schedules change nothing
         crop = plain["data"]["crop"]
         plain = without_keys(plain, ["optim", "trainer", "text", "loss_weights", "data"])
@@ -225,6 +231,11 @@ def load_task(
             "optim.schedule",
             f"expected one of {', '.join(SCHEDULES)}, got {cfg.optim.schedule!r}",
         )
+    cfg.image.store = _store_mode(cfg.image.store, "image.store")
+    if cfg.trainer.loop not in LOOPS:
+        raise ConfigError(
+            None, "trainer.loop", f"expected one of {', '.join(LOOPS)}, got {cfg.trainer.loop!r}"
+        )
     if cfg.dataset != cls.dataset:
         raise ConfigError(
             task_layer.source,
@@ -233,6 +244,8 @@ def load_task(
         )
     ignored = [*TRANSFER_NON_RESULT_KEYS, *([] if cfg.probe.augment else ["probe.policy"])]
     plain = without_keys(to_plain(cfg), ignored)  # the policy only matters when augmenting
+    if plain["image"]["store"] in LOSSLESS_STORE:
+        del plain["image"]["store"]
     if not plain["params"]:
         del plain["params"]  # kinds without system settings keep the hashes they had
     for key, default in TRAIN_KEYS_ADDED:
@@ -475,3 +488,14 @@ def resolve(
     ready = {job.key for job in jobs}
     jobs += [job for spec in plan.transfer if (job := resolver.transfer(spec, ready)) is not None]
     return ResolvedPlan(suite, out, data_root, tuple(jobs), tuple(resolver.problems))
+
+
+def _store_mode(value: str, key: str) -> str:
+    """An image-store mode; YAML reads a bare ``off`` / ``on`` as a boolean (``False`` / ``True``
+    reach a string field as text), taken as ``off`` / ``exact``."""
+    from cxrbench.data.store import STORE_MODES
+
+    value = {"False": "off", "false": "off", "True": "exact", "true": "exact"}.get(value, value)
+    if value not in STORE_MODES:
+        raise ConfigError(None, key, f"expected one of {', '.join(STORE_MODES)}, got {value!r}")
+    return value

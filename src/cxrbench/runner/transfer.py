@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from omegaconf import OmegaConf
 
 from cxrbench.config import load_yaml, to_plain
@@ -142,9 +143,7 @@ def _run_transfer(
     suite: str,
     row: str | None = None,
 ) -> ResultRecord:
-    from cxrbench.runner.checkpoints import resume_point
     from cxrbench.systems import SYSTEMS, averaging
-    from cxrbench.systems.callbacks import WallClock
 
     result = run_dir / RESULT_FILE
     _claim(run_dir, job, artifact)
@@ -165,6 +164,32 @@ def _run_transfer(
     system = prepared.system
     if job.cfg.train.ema:  # before the trainer: its callback and every checkpoint need it
         averaging.attach(system, job.cfg.train.ema)
+    selected = system.fit_without_trainer(prepared, run_dir)
+    if selected is not None:  # trained, selected and tested without a Trainer (seconds)
+        earlier, device = 0.0, device_name(torch.device("cpu"))
+    else:
+        earlier, selected, device = _fit_and_test(job, system, prepared, system_cls, run_dir)
+    predictions_sha256 = _write_predictions(run_dir, job, system, data.test.ids)
+    metrics = {**system.test_results, system_cls.monitor: selected}
+    record = _record(
+        job, meta, data, suite=suite, row=row, fraction=fraction, seed=seed, metrics=metrics,
+        probe_mode=prepared.probe_mode,
+        wall_seconds=round(earlier + time.perf_counter() - start, 2),  # all attempts
+        device=device, predictions_sha256=predictions_sha256,
+        extra=_encoder_source(meta) if row else {},
+    )  # fmt: skip
+    write_record(result, record)  # last: the run's "finished" marker
+    return record
+
+
+def _fit_and_test(
+    job: TransferJob, system: Any, prepared: Any, system_cls: Any, run_dir: Path
+) -> tuple[float, float, str]:
+    """Fit (resuming from ``last.ckpt``) and test the best checkpoint with a Lightning Trainer;
+    (training seconds of earlier attempts, the selected monitor value, the device's name)."""
+    from cxrbench.runner.checkpoints import resume_point
+    from cxrbench.systems.callbacks import WallClock
+
     trainer, best = _trainer(job, run_dir, system_cls.monitor, system_cls.monitor_mode,
                              prepared.train)  # fmt: skip
     last = run_dir / LAST_CHECKPOINT
@@ -189,18 +214,8 @@ def _run_transfer(
         verbose=False,
         weights_only=True,
     )
-    predictions_sha256 = _write_predictions(run_dir, job, system, data.test.ids)
     selected = float(best.best_model_score if best.best_model_score is not None else float("nan"))
-    metrics = {**system.test_results, system_cls.monitor: selected}
-    record = _record(
-        job, meta, data, suite=suite, row=row, fraction=fraction, seed=seed, metrics=metrics,
-        probe_mode=prepared.probe_mode,
-        wall_seconds=round(earlier + time.perf_counter() - start, 2),  # all attempts
-        device=device_name(trainer.strategy.root_device),
-        predictions_sha256=predictions_sha256, extra=_encoder_source(meta) if row else {},
-    )  # fmt: skip
-    write_record(result, record)  # last: the run's "finished" marker
-    return record
+    return earlier, selected, device_name(trainer.strategy.root_device)
 
 
 def _record(
@@ -280,8 +295,6 @@ def _run_evaluation(
 ) -> ResultRecord:
     """A task kind that trains nothing: the method rebuilt from its vision–language artifact is
     evaluated once (no checkpoints: a killed run simply starts again)."""
-    import torch
-
     from cxrbench.models.vl_artifact import load_vl
 
     quiet_libraries()

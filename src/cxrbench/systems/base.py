@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import lightning as L
@@ -68,6 +69,13 @@ class TransferSystem(L.LightningModule):
     ) -> Prepared:
         """Build the system (head on ``encoder``, frozen or not per ``cfg``) and its loaders."""
         raise NotImplementedError
+
+    def fit_without_trainer(self, prepared: Prepared, run_dir: Path) -> float | None:
+        """Train, select on :attr:`monitor` and test as the runner's Lightning ``Trainer`` would,
+        in a plain loop, leaving ``test_results`` / ``test_predictions`` set; returns the
+        selected monitor value. ``None`` (the default): this system, or its config, needs the
+        Trainer (``trainer.loop: lightning`` always takes it)."""
+        return None
 
     def adamw(self, groups: list[dict[str, Any]], optim: OptimSpec) -> Any:
         """AdamW on ``groups`` with ``optim``'s decay and betas, and its ``schedule``: constant

@@ -13,6 +13,7 @@ Adding a task = ``tasks/<dataset>_<kind>.py`` + ``configs/task/<dataset>_<kind>.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -29,6 +30,9 @@ from cxrbench.data.splits import make_splits
 class ImageSpec:
     resize: int = 256  # long side resized, zero-padded square (MGCA)
     crop: int = 224  # random crop for training (when augmenting), centre crop otherwise
+    # classification reads images from the preprocessed image store (data/store.py): off |
+    # exact (the decoded files' pixels: out of the config hash) | draft (its own hash)
+    store: str = "off"
 
 
 @dataclass
@@ -39,6 +43,33 @@ class ProbeSpec:
 
 
 PROBE_MODES = ("finetune", "augment", "cached", "frozen")
+#: the label and split files of a dataset folder (what ``Task.data`` reads; images are not)
+LABEL_SUFFIXES = (".csv", ".gz", ".txt", ".tsv", ".json", ".jsonl")
+_DATA_KEEP = 8
+_DATA_KEPT: dict[tuple[Any, ...], tuple[tuple[Any, ...], TaskData]] = {}
+
+
+def label_files_stamp(folder: Path, depth: int = 2) -> tuple[Any, ...]:
+    """(path, size, mtime) of every label or split file (:data:`LABEL_SUFFIXES`) in ``folder``
+    down to ``depth`` levels: the official CSVs sit at the top or one level down, the stored
+    splits in ``cxrbench-splits/``. Image folders are listed, never stat'ed file by file."""
+    found: list[tuple[str, int, int]] = []
+
+    def walk(path: Path, level: int) -> None:
+        try:
+            entries = sorted(os.scandir(path), key=lambda e: e.name)
+        except OSError:
+            return
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=True):
+                if level < depth:
+                    walk(Path(entry.path), level + 1)
+            elif entry.name.endswith(LABEL_SUFFIXES):
+                st = entry.stat()
+                found.append((entry.path, st.st_size, st.st_mtime_ns))
+
+    walk(Path(folder), 1)
+    return tuple(found)
 
 
 def probe_mode(probe: ProbeSpec, cached: bool = False) -> str:
@@ -95,6 +126,10 @@ class TransferTrainerSpec:
     precision: str = "32-true"
     progress: bool = True
     checkpoint_every: int = 0  # also save last.ckpt every N steps (0: at validation ends only)
+    # ``auto``: a system that can train, select and test without a Lightning Trainer does (the
+    # linear probe on cached features: a tensor loop, systems/classification.py); ``lightning``:
+    # always the Trainer. The same numbers either way (tested), so it is out of the config hash
+    loop: str = "auto"
 
 
 @dataclass
@@ -174,11 +209,26 @@ class Task:
     def data(self, data_root: Path, fraction: float) -> TaskData:
         """Items of the stored splits; the training part is the nested label ``fraction``.
 
-        The subset does not depend on the training seed (nested fractions, fixed once)."""
+        The subset does not depend on the training seed (nested fractions, fixed once). Kept in
+        this process while the folder's label and split files are unchanged
+        (:func:`label_files_stamp`): a grid's runs at one fraction read the CSVs once (a real
+        CheXpert ``train.csv`` has 224k rows)."""
         folder = self.folder(data_root)
+        key = (type(self), self.name, str(folder.resolve()), float(fraction),
+               self.cfg.train.val_limit)  # fmt: skip
+        kept = _DATA_KEPT.get(key)
+        if kept is not None and kept[0] == label_files_stamp(folder):
+            return kept[1]
+        data = self._read_data(folder, fraction)
+        while len(_DATA_KEPT) >= _DATA_KEEP:
+            del _DATA_KEPT[next(iter(_DATA_KEPT))]
+        _DATA_KEPT[key] = (label_files_stamp(folder), data)  # after the split files are written
+        return data
+
+    def _read_data(self, folder: Path, fraction: float) -> TaskData:
         index = formats.get_reader(self.dataset).read(folder)  # read once: labels and records
         labelled = labels_from_index(self.dataset, index)
-        splits = make_splits(self.dataset, folder)
+        splits = make_splits(self.dataset, folder, index=index)
         parts = {
             "train": splits.fraction(fraction),
             "val": val_subset(list(splits.val), labelled, self.cfg.train.val_limit),
