@@ -192,8 +192,6 @@ def loader_rates(preset: str, sets: list[str], mimic: Path, batches: int, work: 
     start = time.perf_counter()
     store = open_store(job, mimic, work / "store")
     head = f"loader pairs/s (batch {d.batch_size}, {d.workers} workers, {batches} batches):"
-    if store is None:
-        return f"{head} store n/a (store: not available) vs decode {decode:.0f}"
     built = time.perf_counter() - start
     stored = d.batch_size / loader_seconds(job, mimic, batches, store)
     return (f"{head} store {stored:.0f} vs decode {decode:.0f} ({stored / decode:.2f} x; "

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from cxrbench.data.features import FeatureCache
+from cxrbench.models.artifact import _LOADED
 from cxrbench.runner.bench import suite_data_root
 from cxrbench.runner.pretrain import run_pretrain
 from cxrbench.runner.resolve import load_config, load_task
@@ -36,7 +37,8 @@ from cxrbench.tasks.base import _DATA_KEPT
 def grid(jobs, artifact: Path, data_root: Path, work: Path, cached: bool) -> float:
     """Seconds for the 9 runs; ``jobs``: the task loaded at each fraction."""
     seeds = (42, 0, 1)
-    _DATA_KEPT.clear()  # every grid starts cold: its runs read the split CSVs themselves
+    _DATA_KEPT.clear()  # every grid starts cold: its runs read the split CSVs and the encoder
+    _LOADED.clear()
     shared = FeatureCache(work / "cache")
     start = time.perf_counter()
     for f, job in jobs.items():

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import itertools
 import math
 import resource
@@ -235,16 +234,13 @@ def first_batch(mimic: Path, job: PretrainJob, device: torch.device) -> dict[str
     return batch
 
 
-def open_store(job: PretrainJob, mimic: Path, cache_root: Path) -> Any | None:
+def open_store(job: PretrainJob, mimic: Path, cache_root: Path) -> Any:
     """The preprocessed image store of the train images at the preset's ``data.resize`` (built
-    into ``cache_root``), or None when ``cxrbench.data.store`` does not exist."""
-    if importlib.util.find_spec("cxrbench.data.store") is None:
-        return None
+    into ``cache_root``)."""
     from cxrbench.data.store import ImageStore
 
     paths = [p.image_path for p in load_pairs(mimic, "train", job.cfg.data.limit_pairs)]
-    return ImageStore.ensure(paths, job.cfg.data.resize, root=mimic, cache_root=cache_root,
-                             progress=False)  # fmt: skip
+    return ImageStore.ensure(paths, job.cfg.data.resize, cache_root=cache_root, progress=False)
 
 
 def loader_seconds(job: PretrainJob, mimic: Path, batches: int, store: Any = None) -> float:
@@ -254,8 +250,7 @@ def loader_seconds(job: PretrainJob, mimic: Path, batches: int, store: Any = Non
 
     d = job.cfg.data
     pairs = load_pairs(mimic, "train", d.limit_pairs)
-    extra = {} if store is None else {"store": store}
-    data = PairDataset(pairs, d.resize, d.crop, train=True, **extra)
+    data = PairDataset(pairs, d.resize, d.crop, train=True, store=store)
     loader = ResumableLoader(data, seed=job.cfg.seed, batch_size=d.batch_size,
                              drop_last=len(data) > d.batch_size, num_workers=d.workers,
                              collate_fn=collate, persistent_workers=d.workers > 0)  # fmt: skip
@@ -322,11 +317,8 @@ def main() -> None:
         if args.store:
             start = time.perf_counter()
             store = open_store(job, mimic, work / "store")
-            if store is None:
-                print("store: not available (no cxrbench.data.store); the loader decodes files")
-            else:
-                source = "image store"
-                print(f"store: built in {time.perf_counter() - start:.1f} s")
+            source = "image store"
+            print(f"store: built in {time.perf_counter() - start:.1f} s")
         per_batch = loader_seconds(job, mimic, args.loader_batches, store)
         print(f"loader ({source}, {d.workers} workers, {args.loader_batches} batches): "
               f"{per_batch:.4f} s/batch {d.batch_size / per_batch:9.1f} pairs/s")  # fmt: skip

@@ -277,22 +277,31 @@ def _backward(system: ClassificationSystem, x: torch.Tensor, labels: torch.Tenso
     cross-entropy: autograd (its log-softmax backward kernel rounds differently from the
     written-out form)."""
     head = system.head
-    if system.label_kind == "multiclass" or not isinstance(head, nn.Linear):
-        system._loss(head(x), labels).backward()
+    if _autograd(system) or not isinstance(head, nn.Linear):
+        with torch.enable_grad():
+            system._loss(head(x), labels).backward()
         return
-    with torch.no_grad():
-        logits = F.linear(x, head.weight, head.bias)
-        grad = (logits.sigmoid() - labels.float()).div_(logits.numel())
-        head.weight.grad = grad.t().mm(x)
-        if head.bias is not None:
-            head.bias.grad = grad.sum(0)
+    logits = F.linear(x, head.weight, head.bias)
+    grad = (logits.sigmoid() - labels.float()).div_(logits.numel())
+    head.weight.grad = grad.t().mm(x)
+    if head.bias is not None:
+        head.bias.grad = grad.sum(0)
+
+
+def _autograd(system: ClassificationSystem) -> bool:
+    """Whether :func:`_backward` takes autograd (cross-entropy, or a head that is not one
+    ``nn.Linear``) rather than the written-out BCE gradient."""
+    return system.label_kind == "multiclass" or not isinstance(system.head, nn.Linear)
 
 
 class _AdamW:
     """``torch.optim.AdamW``'s single-tensor update (the one it takes for CPU tensors), op for
     op, without the optimizer's per-step bookkeeping (hooks, the graph-capture health check,
     which queries NVML for CUDA on every step), which cost more than the update of a linear
-    head itself. Bit-identical to ``torch.optim.AdamW`` (tested through the probe)."""
+    head itself. Each parameter group's tensors are moved into one flat buffer (the parameters
+    become views of it), so the update is 8 elementwise ops per group, not per tensor; the ops
+    are elementwise, so the values are the same. Bit-identical to ``torch.optim.AdamW`` (tested
+    through the probe). Call it inside ``torch.no_grad()``."""
 
     def __init__(self, system: ClassificationSystem) -> None:
         optimizer = system.configure_optimizers()
@@ -301,46 +310,46 @@ class _AdamW:
             for g in optimizer.param_groups
         ):
             raise TypeError(f"the probe loop replays a plain AdamW's update, not {optimizer!r}")
-        self.groups = [
-            (
-                [p for p in g["params"] if p.requires_grad],
-                float(g["lr"]),
-                float(g["weight_decay"]),
-                float(g["betas"][0]),
-                float(g["betas"][1]),
-                float(g["eps"]),
-            )
-            for g in optimizer.param_groups
-        ]
-        self.state = {
-            p: (torch.zeros_like(p), torch.zeros_like(p))
-            for params, *_ in self.groups
-            for p in params
-        }
+        self.groups = []
+        for g in optimizer.param_groups:
+            params = [p for p in g["params"] if p.requires_grad]
+            if not params:
+                continue
+            flat = torch.cat([p.detach().reshape(-1) for p in params])
+            grad = torch.zeros_like(flat)
+            views, offset = [], 0
+            for p in params:
+                n = p.numel()
+                p.data = flat[offset : offset + n].view_as(p)  # the parameter lives in ``flat``
+                views.append((p, grad[offset : offset + n].view_as(p)))
+                offset += n
+            hyper = tuple(float(g[k]) for k in ("lr", "weight_decay", "eps"))
+            betas = (float(g["betas"][0]), float(g["betas"][1]))
+            moments = (torch.zeros_like(flat), torch.zeros_like(flat))
+            self.groups.append((flat, grad, views, moments, hyper, betas))
         self.step = 0.0  # torch keeps a float32 tensor: integers, exactly as a Python float
 
     def zero_grad(self) -> None:
-        for params, *_ in self.groups:
-            for p in params:
+        for _, _, views, *_ in self.groups:
+            for p, _ in views:
                 p.grad = None
 
-    @torch.no_grad()
     def __call__(self) -> None:
         self.step += 1
-        for params, lr, weight_decay, beta1, beta2, eps in self.groups:
-            bias_correction1 = 1 - beta1**self.step
-            bias_correction2 = 1 - beta2**self.step
+        for flat, grad, views, (exp_avg, exp_avg_sq), (lr, decay, eps), (b1, b2) in self.groups:
+            for p, view in views:
+                if p.grad is None:
+                    raise RuntimeError("the probe loop's AdamW needs every parameter's gradient")
+                view.copy_(p.grad)
+            bias_correction1 = 1 - b1**self.step
+            bias_correction2 = 1 - b2**self.step
             step_size = lr / bias_correction1
             bias_correction2_sqrt = bias_correction2**0.5
-            for p in params:
-                if p.grad is None:
-                    continue
-                exp_avg, exp_avg_sq = self.state[p]
-                p.mul_(1 - lr * weight_decay)
-                exp_avg.lerp_(p.grad, 1 - beta1)
-                exp_avg_sq.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-                denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-                p.addcdiv_(exp_avg, denom, value=-step_size)
+            flat.mul_(1 - lr * decay)
+            exp_avg.lerp_(grad, 1 - b1)
+            exp_avg_sq.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+            denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+            flat.addcdiv_(exp_avg, denom, value=-step_size)
 
 
 def _batches(n: int, batch_size: int) -> list[slice]:
@@ -372,18 +381,16 @@ def fit_probe(system: ClassificationSystem, prepared: Prepared, log_path: Path) 
     lower val loss or at a non-finite one (``EarlyStopping``), then the test of the kept head in
     the test loader's batches. What it leaves out is the Trainer's cost: per-step hooks,
     callbacks, loaders that collate one row at a time, checkpoint files (a killed loop starts
-    again; it takes seconds). It runs on one thread: a (48 × D) · (D × C) step is too small to
-    split, and splitting it across 2 threads made a step ~10× slower on a 2-core machine with
-    another process running. On this machine it gives the Trainer's numbers bit for bit
-    (``tests/integration/test_probe_loop.py``). Writes the val loss of every validation to
-    ``log_path`` (CSV). Returns the selected (best) val loss.
+    again; it takes seconds). It runs at the process's torch thread count, as the Trainer does:
+    on one thread a (48 × D) · (D × C) product rounds differently from two (measured: weights 1
+    ulp apart after 200 steps at D = 256). On this machine it gives the Trainer's numbers bit for
+    bit (``tests/integration/test_probe_loop.py``; the 9 CheXpert / RSNA / COVIDx cells of a
+    ``small`` encoder at 1 / 10 / 100%: identical predictions). Writes the val loss of every
+    validation to ``log_path`` (CSV). Returns the selected (best) val loss.
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a head's matmuls are too small to share: 2 threads cost 10x
-    try:
-        return _fit_probe(system, prepared, log_path)
-    finally:
-        torch.set_num_threads(threads)
+    selected = _fit_probe(system, prepared, log_path)
+    _test(system, prepared)
+    return selected
 
 
 def _fit_probe(system: ClassificationSystem, prepared: Prepared, log_path: Path) -> float:
@@ -398,41 +405,46 @@ def _fit_probe(system: ClassificationSystem, prepared: Prepared, log_path: Path)
     stop_best, waited = torch.tensor(math.inf), 0
     lines = ["epoch,val_loss"]
     system.train()
-    for epoch in range(c.max_epochs):
-        order = torch.from_numpy(sampler.order(epoch))
-        for part in _batches(len(order), batch):
-            index = order[part]
-            step.zero_grad()
-            _backward(system, train.features[index], train.labels[index])
-            step()
-        if (epoch + 1) % c.val_every:
-            continue
-        system.eval()
-        current = _mean_loss(system, val, eval_batch)
-        system.train()
-        lines.append(f"{epoch},{float(current):.9g}")
-        score = current if torch.isfinite(current) else torch.tensor(math.inf)
-        if best_state is None or bool(score < best_score):  # ModelCheckpoint: kept if better
-            best_score = score
-            best_state = {k: v.detach().clone() for k, v in system.head.state_dict().items()}
-        if not torch.isfinite(current):  # EarlyStopping's check_finite
-            break
-        if bool(current < stop_best):
-            stop_best, waited = current, 0
-        else:
-            waited += 1
-            if waited >= c.patience:
+    with torch.no_grad():  # gradients: written out, or autograd inside _backward
+        for epoch in range(c.max_epochs):
+            order = torch.from_numpy(sampler.order(epoch))
+            for part in _batches(len(order), batch):
+                index = order[part]
+                step.zero_grad()
+                _backward(system, train.features[index], train.labels[index])
+                step()
+            if (epoch + 1) % c.val_every:
+                continue
+            system.eval()
+            current = _mean_loss(system, val, eval_batch)
+            system.train()
+            lines.append(f"{epoch},{float(current):.9g}")
+            score = current if torch.isfinite(current) else torch.tensor(math.inf)
+            if best_state is None or bool(score < best_score):  # ModelCheckpoint: kept if better
+                best_score = score
+                best_state = {k: v.detach().clone() for k, v in system.head.state_dict().items()}
+            if not torch.isfinite(current):  # EarlyStopping's check_finite
                 break
+            if bool(current < stop_best):
+                stop_best, waited = current, 0
+            else:
+                waited += 1
+                if waited >= c.patience:
+                    break
     atomic_write_text(log_path, "\n".join(lines) + "\n")
     if best_state is not None:  # the Trainer tests the best checkpoint when there is one
         system.head.load_state_dict(best_state)
+    return float(best_score) if best_state is not None else math.nan
+
+
+def _test(system: ClassificationSystem, prepared: Prepared) -> None:
+    """The test pass of the kept head, in the test loader's batches."""
     system.eval()
     test = _rows(prepared.test)
     assert test.features is not None
-    test_batch = int(prepared.test.batch_size or batch)
+    test_batch = int(prepared.test.batch_size or 1)
     with torch.no_grad():
         logits = [
             system.head(test.features[part]).float() for part in _batches(len(test), test_batch)
         ]
     system._finish_test(torch.cat(logits), test.labels.float())
-    return float(best_score) if best_state is not None else math.nan

@@ -46,7 +46,7 @@ PROBE_MODES = ("finetune", "augment", "cached", "frozen")
 #: the label and split files of a dataset folder (what ``Task.data`` reads; images are not)
 LABEL_SUFFIXES = (".csv", ".gz", ".txt", ".tsv", ".json", ".jsonl")
 _DATA_KEEP = 8
-_DATA_KEPT: dict[tuple[Any, ...], tuple[tuple[Any, ...], TaskData]] = {}
+_DATA_KEPT: dict[tuple[Any, ...], tuple[tuple[Any, ...], dict[str, Any]]] = {}
 
 
 def label_files_stamp(folder: Path, depth: int = 2) -> tuple[Any, ...]:
@@ -209,38 +209,46 @@ class Task:
     def data(self, data_root: Path, fraction: float) -> TaskData:
         """Items of the stored splits; the training part is the nested label ``fraction``.
 
-        The subset does not depend on the training seed (nested fractions, fixed once). Kept in
-        this process while the folder's label and split files are unchanged
-        (:func:`label_files_stamp`): a grid's runs at one fraction read the CSVs once (a real
+        The subset does not depend on the training seed (nested fractions, fixed once). What
+        was read is kept in this process while the folder's label and split files are
+        unchanged (:func:`label_files_stamp`): a grid's runs read the CSVs once (a real
         CheXpert ``train.csv`` has 224k rows)."""
         folder = self.folder(data_root)
-        key = (type(self), self.name, str(folder.resolve()), float(fraction),
-               self.cfg.train.val_limit)  # fmt: skip
+        key = (type(self), self.name, str(folder.resolve()), self.cfg.train.val_limit)
         kept = _DATA_KEPT.get(key)
-        if kept is not None and kept[0] == label_files_stamp(folder):
-            return kept[1]
-        data = self._read_data(folder, fraction)
-        while len(_DATA_KEPT) >= _DATA_KEEP:
-            del _DATA_KEPT[next(iter(_DATA_KEPT))]
-        _DATA_KEPT[key] = (label_files_stamp(folder), data)  # after the split files are written
-        return data
+        if kept is None or kept[0] != label_files_stamp(folder):
+            read = self._read_dataset(folder)
+            while len(_DATA_KEPT) >= _DATA_KEEP:
+                del _DATA_KEPT[next(iter(_DATA_KEPT))]
+            kept = _DATA_KEPT[key] = (label_files_stamp(folder), read)  # after splits are written
+        read = kept[1]
+        fractions: dict[float, TaskData] = read["fractions"]
+        if float(fraction) not in fractions:
+            fractions[float(fraction)] = self._fraction_data(read, fraction)
+        return fractions[float(fraction)]
 
-    def _read_data(self, folder: Path, fraction: float) -> TaskData:
+    def _read_dataset(self, folder: Path) -> dict[str, Any]:
+        """What every fraction shares: labels, splits, annotation records, the whole train part."""
         index = formats.get_reader(self.dataset).read(folder)  # read once: labels and records
         labelled = labels_from_index(self.dataset, index)
         splits = make_splits(self.dataset, folder, index=index)
+        records = self.annotations(index)
+        everything = _items(labelled, list(splits.train), records)
+        return {"labelled": labelled, "splits": splits, "records": records,
+                "everything": everything, "fractions": {}}  # fmt: skip
+
+    def _fraction_data(self, read: dict[str, Any], fraction: float) -> TaskData:
+        labelled, splits, records = read["labelled"], read["splits"], read["records"]
         parts = {
             "train": splits.fraction(fraction),
             "val": val_subset(list(splits.val), labelled, self.cfg.train.val_limit),
             "test": list(splits.test),
         }
-        records = self.annotations(index)
         items = {k: _items(labelled, ids, records) for k, ids in parts.items()}
         items["train"] = self.select_train(items["train"])
-        everything = _items(labelled, list(splits.train), records)
         return TaskData(
             items["train"],
-            everything,
+            read["everything"],
             items["val"],
             items["test"],
             labelled.classes,
