@@ -164,9 +164,10 @@ def test_debug_cluster_runs_the_jobs_in_order_and_skips_finished(
     order: list[str] = []
     real_pretrain, real_transfer = execute.run_pretrain, execute.run_transfer
 
-    def pretrain(job, data_root, run_dir):
+    def pretrain(job, data_root, run_dir, store_root):
         order.append(f"pretrain {job.cfg.method}")
-        return real_pretrain(job, data_root, run_dir)
+        assert store_root.name == "images"  # beside the feature cache
+        return real_pretrain(job, data_root, run_dir, store_root)
 
     def transfer(job, artifact, data_root, **kw):
         order.append(f"transfer {job.task.name} s{kw['seed']}")
@@ -289,7 +290,7 @@ def test_a_failed_job_leaves_its_traceback_and_is_logged_once(
     """error.txt in the run folder (traceback, config hash, command); one log line per failure,
     naming that file; the transfers of a failed encoder are skipped with the reason."""
 
-    def broken(job, data_root, run_dir):
+    def broken(job, data_root, run_dir, store_root):
         raise RuntimeError("the GPU caught fire")
 
     monkeypatch.setattr(execute, "run_pretrain", broken)
@@ -308,6 +309,6 @@ def test_a_failed_job_leaves_its_traceback_and_is_logged_once(
     assert all("its encoder random_init/pretrain/s0 failed" in r for _, r in outcome.failures[1:])
     logged = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(logged) == 1 and str(error) in logged[0]
-    monkeypatch.setattr(execute, "run_pretrain", lambda job, root, run_dir: run_dir / "encoder")
+    monkeypatch.setattr(execute, "run_pretrain", lambda job, root, run, _: run / "encoder")
     execute.pretrain_job(pretrain)  # a later attempt that succeeds removes the stale report
     assert not error.exists()
