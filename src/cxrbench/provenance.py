@@ -35,3 +35,17 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+@functools.cache
+def source_hash(modules: tuple[str, ...]) -> str:
+    """sha256[:16] of the source of the package's ``modules`` (paths such as
+    ``"data/codecs.py"``): what a cache keys on, so a change to the code that made an entry is a
+    new key."""
+    import hashlib
+
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for name in modules:
+        digest.update(name.encode() + (package / name).read_bytes())
+    return digest.hexdigest()[:16]

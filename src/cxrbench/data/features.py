@@ -12,7 +12,6 @@ atomically.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -26,6 +25,7 @@ import torch
 from cxrbench.data.store import ImageStore, read_resized
 from cxrbench.data.transforms import mgca_image
 from cxrbench.errors import CxrbenchError
+from cxrbench.provenance import source_hash
 from cxrbench.utils.io import atomic_write_bytes, read_safetensors
 from cxrbench.utils.lock import exclusive
 
@@ -37,14 +37,9 @@ _FEATURE_CODE = ("data/codecs.py", "data/transforms.py", "data/features.py", "da
                  "models/backbones.py")  # fmt: skip
 
 
-@functools.cache
 def feature_code_hash() -> str:
     """sha256 of the source of the modules that compute features (a code change is a new key)."""
-    package = Path(__file__).resolve().parents[1]
-    digest = hashlib.sha256()
-    for name in _FEATURE_CODE:
-        digest.update(name.encode() + (package / name).read_bytes())
-    return digest.hexdigest()[:16]
+    return source_hash(_FEATURE_CODE)
 
 
 def files_stamp(paths: Sequence[Path]) -> str:

@@ -28,7 +28,6 @@ in the folder); readers of an older generation keep their open map. Loaders read
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -43,6 +42,7 @@ import numpy as np
 from cxrbench.data.codecs import read_image, read_image_draft
 from cxrbench.data.transforms import resize_long_side
 from cxrbench.errors import CxrbenchError
+from cxrbench.provenance import source_hash
 from cxrbench.utils.io import atomic_write_text
 from cxrbench.utils.lock import exclusive
 
@@ -58,13 +58,9 @@ DEFAULT_ROOT = Path("results") / "cache" / "images"
 _CODE = ("data/codecs.py", "data/transforms.py", "data/store.py")
 
 
-@functools.cache
 def code_hash() -> str:
-    package = Path(__file__).resolve().parents[1]
-    digest = hashlib.sha256()
-    for name in _CODE:
-        digest.update(name.encode() + (package / name).read_bytes())
-    return digest.hexdigest()[:16]
+    """sha256 of the source of the modules that decide a stored image's pixels."""
+    return source_hash(_CODE)
 
 
 def decode(path: Path, size: int, decoder: str = "exact") -> np.ndarray:
