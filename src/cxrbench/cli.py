@@ -219,7 +219,14 @@ def cmd_pretrain_text(args: argparse.Namespace) -> int:
         check_writable(args.out, "model folder")
     summary = pretrain_text(Path(args.data_root), Path(args.out) if args.out else None,
                             preset=args.preset, seed=args.seed, force=args.force,
-                            progress=not args.no_progress)  # fmt: skip
+                            progress=not args.no_progress, objective=args.objective)  # fmt: skip
+    if args.evaluate:
+        from cxrbench.models.text_corpus import mimic_folder, record_evaluation
+        from cxrbench.models.text_eval import evaluate_text_model
+
+        folder = mimic_folder(Path(args.data_root))
+        summary["evaluation"] = evaluate_text_model(Path(summary["path"]), folder)
+        record_evaluation(Path(summary["path"]), summary["evaluation"])
     _emit(json.dumps(summary, indent=2, default=str))
     return 0
 
@@ -352,6 +359,12 @@ def _add_pretrain(sub: Any) -> None:
     t.add_argument("--preset", default="small", choices=_trainer_presets())
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--force", action="store_true", help="retrain over an existing model")
+    t.add_argument("--objective", default="mlm", choices=("mlm", "mlm+sections"),
+                   help="mlm: masked-language modelling; mlm+sections: plus CXR-BERT-style "
+                   "findings-impression matching (models/text_pretrain.py)")  # fmt: skip
+    t.add_argument("--evaluate", action="store_true",
+                   help="measure the frozen [CLS] (collapse, label probe, findings-to-"
+                   "impression R@1: models/text_eval.py), kept in the summary")  # fmt: skip
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=cmd_pretrain_text)
 

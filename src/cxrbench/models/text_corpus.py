@@ -53,6 +53,28 @@ def corpus_texts(folder: Path) -> list[str]:
     return list(texts.values())
 
 
+def corpus_sections(folder: Path) -> tuple[list[str], list[tuple[str, str]]]:
+    """:func:`corpus_texts` and, aligned with them, each study's cleaned (findings, impression)
+    (``""`` for a section its report lacks): what section matching pairs."""
+    from cxrbench.data.formats import mimic
+    from cxrbench.data.reports import clean_report, extract_sections, read_report
+
+    index = mimic.read(folder)
+    train = dataclasses.replace(
+        index, images=tuple(image for image in index.images if image.split == "train")
+    )
+    texts: dict[str, str] = {}
+    sections: dict[str, tuple[str, str]] = {}
+    for image, text in mimic.pairs(train):
+        if image.study_id in texts:
+            continue
+        texts[image.study_id] = text
+        parts = extract_sections(read_report(image.report_path))
+        sections[image.study_id] = (clean_report(None, parts.get("findings", "")),
+                                    clean_report(parts.get("impression", ""), None))  # fmt: skip
+    return list(texts.values()), list(sections.values())
+
+
 def read_summary(out_dir: Path) -> dict[str, Any] | None:
     """The ``training_summary.json`` of a trained model folder, or None when there is none."""
     path = Path(out_dir) / SUMMARY_FILE
@@ -71,11 +93,13 @@ def pretrain_text(
     progress: bool = True,
     force: bool = False,
     device: str = "cpu",
+    objective: str = "mlm",
 ) -> dict[str, Any]:
     """Train (or reuse) the corpus text model of ``preset`` on a MIMIC-layout corpus.
 
     ``corpus_root`` is a data root holding ``mimic-cxr-jpg/`` or that folder itself; ``out_dir``
-    defaults to ``<mimic folder>/cxrbench-text-bert-<preset>``. A complete model with the same
+    defaults to ``<mimic folder>/cxrbench-text-bert-<preset>`` (``-sections`` appended for the
+    ``mlm+sections`` objective, :func:`train_text_model`). A complete model with the same
     settings (and texts) there is returned without retraining; one with other settings is an
     error unless ``force``. ``device`` (e.g. ``"cuda"``) is where to train; only CPU runs are
     bit-reproducible. The returned summary has ``path`` and ``reused`` added.
@@ -83,11 +107,19 @@ def pretrain_text(
     if preset not in PRESETS:
         raise CxrbenchError(f"unknown text preset {preset!r}; choose one of {', '.join(PRESETS)}")
     folder = mimic_folder(corpus_root)
-    out = Path(out_dir) if out_dir is not None else folder / f"cxrbench-text-bert-{preset}"
-    texts = corpus_texts(folder)
+    suffix = "" if objective == "mlm" else "-sections"
+    out = Path(out_dir) if out_dir is not None else folder / f"cxrbench-text-bert-{preset}{suffix}"
+    sections = None
+    if objective == "mlm":
+        texts = corpus_texts(folder)
+    else:
+        texts, sections = corpus_sections(folder)
     if len(texts) < 2:
         raise CxrbenchError(f"{folder}: {len(texts)} train-split report(s) with text; need 2+")
-    params = {**PRESETS[preset], "max_length": 112, "mask_prob": 0.15, "seed": seed}
+    params: dict[str, Any] = {**PRESETS[preset], "max_length": 112, "mask_prob": 0.15,
+                              "seed": seed}  # fmt: skip
+    if objective != "mlm":
+        params.update(objective=objective, sections=sections)
     lock = out.parent / f".{out.name}.lock"  # runs that start together train it once
     with exclusive(out.parent, what="corpus text model", lock_file=lock):
         return _train_or_reuse(texts, out, params, force=force, progress=progress, device=device)
@@ -98,7 +130,7 @@ def _train_or_reuse(
 ) -> dict[str, Any]:
     existing = read_summary(out)
     if existing is not None and not force:
-        if existing.get("settings") == text_settings(texts, **params):
+        if existing.get("settings") == _expected_settings(texts, params):
             log.info("text model %s is up to date; not retraining", out)
             return {**existing, "path": str(out), "reused": True}
         raise CxrbenchError(
@@ -107,3 +139,33 @@ def _train_or_reuse(
         )
     summary = train_text_model(texts, out, progress=progress, device=device, **params)
     return {**summary, "path": str(out), "reused": False}
+
+
+def _expected_settings(texts: list[str], params: dict[str, Any]) -> dict[str, Any]:
+    """The ``settings`` a model trained with ``params`` records (as ``train_text_model``)."""
+    from cxrbench.models.text_pretrain import (
+        DEFAULT_SECTION_WEIGHT,
+        DEFAULT_TEMPERATURE,
+        sections_digest,
+    )
+
+    params = dict(params)
+    sections = params.pop("sections", None)
+    if sections is not None:
+        digest = sections_digest(sections)
+        params.setdefault("section_weight", DEFAULT_SECTION_WEIGHT)
+        params.setdefault("temperature", DEFAULT_TEMPERATURE)
+        params["sections_sha256"] = digest.hexdigest()
+    return text_settings(texts, **params)
+
+
+def record_evaluation(out_dir: Path, evaluation: dict[str, Any]) -> None:
+    """Add ``evaluation`` (``models.text_eval``) to the model's summary (written atomically;
+    the settings, and so the model's reuse, are unchanged)."""
+    from cxrbench.utils.io import atomic_write_text
+
+    summary = read_summary(out_dir)
+    if summary is None:
+        raise CxrbenchError(f"{out_dir}: no {SUMMARY_FILE} to add the evaluation to")
+    summary["evaluation"] = evaluation
+    atomic_write_text(Path(out_dir) / SUMMARY_FILE, json.dumps(summary, indent=2, sort_keys=True))

@@ -56,6 +56,9 @@ log = logging.getLogger(__name__)
 SUMMARY_FILE = "training_summary.json"
 HELDOUT_FRACTION = 0.05
 
+OBJECTIVES = ("mlm", "mlm+sections")
+DEFAULT_SECTION_WEIGHT = 1.0
+DEFAULT_TEMPERATURE = 0.1
 MIN_EVAL_MASKED = 2000
 """The held-out texts are masked repeatedly (up to 20 times) to give about this many predictions."""
 
@@ -72,6 +75,11 @@ class _Masking:
 
 
 Batch = tuple[Tensor, Tensor, Tensor]  # inputs, attention mask, labels (-100 where not predicted)
+
+
+def sections_digest(sections: list[tuple[str, str]]) -> Any:
+    """sha256 of the (findings, impression) pairs a section-matching model was trained on."""
+    return hashlib.sha256("\0".join(f"{f}\1{i}" for f, i in sections).encode())
 
 
 def text_settings(texts: list[str], **params: Any) -> dict[str, Any]:
@@ -168,6 +176,35 @@ def _progress(enabled: bool) -> rp.Progress:
     return rp.Progress(rp.TextColumn("{task.description}"), *columns, disable=not enabled)
 
 
+def _section_loss(
+    model: Any, sections: _Sections, index: Tensor, temperature: float, device: torch.device
+) -> Tensor | None:
+    """Symmetric InfoNCE between the [CLS] features of the findings and the impression of the
+    studies of ``index`` that have both (the other studies in the batch are the negatives);
+    None when fewer than two have both."""
+    index = index[sections.both[index]]
+    if len(index) < 2:
+        return None
+    feats = []
+    for ids, attention in (sections.findings, sections.impression):
+        rows, mask = _batch(ids, attention, index)
+        hidden = model.bert(input_ids=rows.to(device), attention_mask=mask.to(device))
+        feats.append(F.normalize(hidden.last_hidden_state[:, 0].float(), dim=-1))
+    logits = feats[0] @ feats[1].T / temperature
+    target = torch.arange(len(index), device=logits.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+@dataclasses.dataclass(frozen=True)
+class _Sections:
+    """Tokenised findings and impressions, row-aligned with the training texts; ``both``: the
+    rows whose report has both sections (only those enter the section-matching loss)."""
+
+    findings: tuple[Tensor, Tensor]
+    impression: tuple[Tensor, Tensor]
+    both: Tensor
+
+
 def _fit(
     model: Any,
     data: tuple[Tensor, Tensor],
@@ -175,8 +212,10 @@ def _fit(
     params: dict[str, Any],
     device: torch.device,
     progress: bool,
+    sections: _Sections | None = None,
 ) -> list[float]:
-    """Train ``model`` with MLM on ``data``; return the mean training loss of each epoch."""
+    """Train ``model`` with MLM on ``data`` (and, with ``sections``, the section-matching loss
+    weighted by ``params["section_weight"]``); return the mean MLM loss of each epoch."""
     ids, attention = data
     lengths = attention.sum(dim=1)
     epochs, batch_size = params["epochs"], params["batch_size"]
@@ -192,8 +231,13 @@ def _fit(
             for chunk in _length_batches(lengths, batch_size, generator):
                 batch = mask_tokens(*_batch(ids, attention, chunk), masking, generator)
                 loss, _, n = _mlm_terms(model, batch, device)
+                total = loss / max(n, 1)
+                if sections is not None:
+                    matched = _section_loss(model, sections, chunk, params["temperature"], device)
+                    if matched is not None:
+                        total = total + params["section_weight"] * matched
                 optimizer.zero_grad(set_to_none=True)
-                (loss / max(n, 1)).backward()
+                total.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()
                 scheduler.step()
@@ -213,13 +257,14 @@ def _seeded(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
-def _split_heldout(texts: list[str], seed: int) -> tuple[list[str], list[str]]:
-    """Seeded split into training texts and ~5 % held-out texts (at least one)."""
+def _split_heldout(texts: list[str], seed: int) -> tuple[list[int], list[int]]:
+    """Seeded split into the indices of the training texts and of ~5 % held-out texts (at
+    least one), each in order."""
     if len(texts) < 2:
         raise CxrbenchError(f"training a text model needs at least 2 texts, got {len(texts)}")
     order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed)).tolist()
     held = max(1, round(len(texts) * HELDOUT_FRACTION))
-    return [texts[i] for i in sorted(order[held:])], [texts[i] for i in sorted(order[:held])]
+    return sorted(order[held:]), sorted(order[:held])
 
 
 def _masking(tokenizer: Any, vocab_size: int, prob: float) -> _Masking:
@@ -263,23 +308,36 @@ def _bert_config(tokenizer: Any, params: dict[str, Any]) -> Any:
 
 
 def _train(
-    texts: list[str], params: dict[str, Any], device: torch.device, progress: bool
+    texts: list[str],
+    params: dict[str, Any],
+    device: torch.device,
+    progress: bool,
+    sections: list[tuple[str, str]] | None = None,
 ) -> tuple[Any, Any, dict[str, Any]]:
     """Tokenizer, trained ``BertForMaskedLM`` and the metrics of the summary."""
     from transformers import BertForMaskedLM
 
-    train_texts, held_texts = _split_heldout(texts, params["seed"])
+    train_rows, held_rows = _split_heldout(texts, params["seed"])
+    train_texts, held_texts = [texts[i] for i in train_rows], [texts[i] for i in held_rows]
     tokenizer = build_tokenizer(train_texts, params["vocab_size"], params["max_length"])
     config = _bert_config(tokenizer, params)
     masking = _masking(tokenizer, config.vocab_size, params["mask_prob"])
     train_data = _encode(tokenizer, train_texts, params["max_length"])
     held_data = _encode(tokenizer, held_texts, params["max_length"])
     held = _eval_batches(held_data, masking, params["batch_size"], params["seed"])
+    matching = None
+    if sections is not None:
+        pairs = [sections[i] for i in train_rows]
+        matching = _Sections(
+            _encode(tokenizer, [f for f, _ in pairs], params["max_length"]),
+            _encode(tokenizer, [i for _, i in pairs], params["max_length"]),
+            torch.tensor([bool(f and i) for f, i in pairs]),
+        )
     with _seeded(params["seed"], device):
         model: Any = BertForMaskedLM(config)
         model.to(device)
         before = evaluate(model, held, device)
-        history = _fit(model, train_data, masking, params, device, progress)
+        history = _fit(model, train_data, masking, params, device, progress, matching)
         after = evaluate(model, held, device)
     metrics = {
         "vocab_size": config.vocab_size,
@@ -364,21 +422,39 @@ def train_text_model(
     seed: int = 0,
     progress: bool = True,
     device: str = "cpu",
+    objective: str = "mlm",
+    sections: list[tuple[str, str]] | None = None,
+    section_weight: float = DEFAULT_SECTION_WEIGHT,
+    temperature: float = DEFAULT_TEMPERATURE,
 ) -> dict[str, Any]:
-    """Train a small BERT (MLM) on ``texts`` and save it to ``out_dir``; return the summary.
+    """Train a small BERT on ``texts`` and save it to ``out_dir``; return the summary.
 
-    See the module docstring for the recipe and the folder layout. An existing model folder at
-    ``out_dir`` is replaced; any other non-empty folder there is an error.
+    ``objective``: ``mlm`` (masked-language modelling only) or ``mlm+sections`` (plus
+    CXR-BERT-style section matching: ``sections[i]`` is text ``i``'s cleaned (findings,
+    impression), ``""`` where missing; each batch's studies with both sections contribute a
+    symmetric InfoNCE between the [CLS] features of their findings and impression, at
+    ``temperature``, weighted by ``section_weight``). See the module docstring for the recipe
+    and the folder layout. An existing model folder at ``out_dir`` is replaced; any other
+    non-empty folder there is an error.
     """
-    params = {
+    params: dict[str, Any] = {
         "vocab_size": vocab_size, "layers": layers, "hidden": hidden, "heads": heads,
         "intermediate": intermediate, "max_length": max_length, "epochs": epochs,
         "batch_size": batch_size, "lr": lr, "mask_prob": mask_prob, "seed": seed,
     }  # fmt: skip
+    if objective not in OBJECTIVES:
+        raise CxrbenchError(f"unknown text objective {objective!r}; known: {', '.join(OBJECTIVES)}")
+    if objective != "mlm":  # an MLM model's settings (and so its reuse) are as before
+        if sections is None or len(sections) != len(texts):
+            raise CxrbenchError(f"objective {objective} needs (findings, impression) per text")
+        digest = sections_digest(sections)
+        params.update(objective=objective, section_weight=section_weight,
+                      temperature=temperature, sections_sha256=digest.hexdigest())  # fmt: skip
     out_dir = Path(out_dir)
     _check_replaceable(out_dir)
     start = time.perf_counter()
-    model, tokenizer, metrics = _train(texts, params, torch.device(device), progress)
+    model, tokenizer, metrics = _train(texts, params, torch.device(device), progress,
+                                       sections if objective != "mlm" else None)  # fmt: skip
     summary = {
         "format": "cxrbench-text-bert",
         "settings": text_settings(texts, **params),
