@@ -119,6 +119,17 @@ def test_errors_name_what_is_wrong(images, tmp_path) -> None:
     with pytest.raises(CxrbenchError, match="not under the dataset folder"):
         ImageStore.ensure([outside], 96, root=images[0].parent, cache_root=tmp_path / "c")
     assert common_root(images) == images[0].parent.parent.resolve()
+    from cxrbench.errors import DataFormatError
+
+    # a missing source names the file, on a first build ...
+    gone = images[0].parent / "gone.png"
+    with pytest.raises(DataFormatError, match=r"gone\.png: expected an image file"):
+        ImageStore.ensure([*images, gone], 96, cache_root=tmp_path / "m", workers=2)
+    # ... and when a built store is checked against its sources
+    ImageStore.ensure(images, 96, cache_root=tmp_path / "m")
+    images[2].unlink()
+    with pytest.raises(DataFormatError, match=r"small\.jpg: expected an image file"):
+        ImageStore.ensure(images, 96, cache_root=tmp_path / "m")
 
 
 def test_store_modes_in_configs_and_hashes() -> None:

@@ -41,7 +41,7 @@ import numpy as np
 
 from cxrbench.data.codecs import read_image, read_image_draft
 from cxrbench.data.transforms import resize_long_side
-from cxrbench.errors import CxrbenchError
+from cxrbench.errors import CxrbenchError, DataFormatError
 from cxrbench.provenance import source_hash
 from cxrbench.utils.io import atomic_write_text
 from cxrbench.utils.lock import exclusive
@@ -77,7 +77,11 @@ def _decode_many(args: tuple[list[str], int, str]) -> list[np.ndarray]:
 
 
 def _stamp(path: Path) -> tuple[int, int]:
-    st = os.stat(path)
+    """(size, mtime) of a source image; a missing one is a :class:`DataFormatError` naming it."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise DataFormatError(path, "an image file", "no such file") from None
     return st.st_size, st.st_mtime_ns
 
 
