@@ -119,6 +119,14 @@ def report_sentences(text: str) -> list[str]:
     return clean_sentences(sections.get("impression", ""), sections.get("findings", ""))
 
 
+def clean_sections(text: str) -> tuple[str, str]:
+    """A report's cleaned findings and its cleaned impression, each alone (``""`` for a
+    section it lacks): what section matching pairs."""
+    sections = extract_sections(text)
+    return (clean_report(None, sections.get("findings", "")),
+            clean_report(sections.get("impression", ""), None))  # fmt: skip
+
+
 def report_text(text: str) -> str:
     """MGCA's cleaned text of a report: :func:`clean_report` of its impression and findings."""
     return " ".join(report_sentences(text))

@@ -126,12 +126,6 @@ class ImageStore:
         except ValueError:
             return ""
 
-    def __contains__(self, path: str | Path) -> bool:
-        if self._rows is None:
-            self._open()
-        assert self._rows is not None
-        return self._relative(path) in self._rows
-
     def read(self, path: str | Path) -> np.ndarray | None:
         """The stored image of ``path`` (a writable copy, long side :attr:`size`), or None."""
         if self._rows is None:
@@ -215,7 +209,6 @@ class ImageStore:
         """(images to decode, rows of the current store to keep)."""
         if current is None:
             return wanted, []
-        current._open()
         assert current._rows is not None and current._index is not None
         index = current._index
         todo = []

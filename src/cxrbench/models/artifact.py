@@ -211,11 +211,10 @@ _LOADED_KEEP = 2
 
 def _load_key(out_dir: Path) -> tuple[Any, ...] | None:
     try:
-        stamps = [(f.stat().st_size, f.stat().st_mtime_ns) for f in
-                  (out_dir / META_FILE, out_dir / WEIGHTS_FILE)]  # fmt: skip
+        stats = [(out_dir / name).stat() for name in (META_FILE, WEIGHTS_FILE)]
     except OSError:
         return None  # missing: _load_encoder says so
-    return (str(out_dir.resolve()), *stamps)
+    return (str(out_dir.resolve()), *((st.st_size, st.st_mtime_ns) for st in stats))
 
 
 def _load_encoder(out_dir: Path, verify: bool) -> tuple[Backbone, dict[str, Any]]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cxrbench.errors import CxrbenchError
-from cxrbench.models.text_pretrain import SUMMARY_FILE, text_settings, train_text_model
+from cxrbench.models.text_pretrain import SUMMARY_FILE, model_settings, train_text_model
 from cxrbench.utils.lock import exclusive
 
 log = logging.getLogger(__name__)
@@ -39,40 +39,34 @@ def mimic_folder(corpus_root: Path) -> Path:
     return root / mimic.FOLDER if (root / mimic.FOLDER).is_dir() else root
 
 
-def corpus_texts(folder: Path) -> list[str]:
-    """Cleaned texts of the official ``train`` split, one per study (frontal images, file order)."""
+def _train_studies(folder: Path) -> list[tuple[Any, str]]:
+    """(first frontal image, cleaned text) of each study of the official ``train`` split whose
+    text is not empty, in file order."""
     from cxrbench.data.formats import mimic
 
     index = mimic.read(folder)
     train = dataclasses.replace(
         index, images=tuple(image for image in index.images if image.split == "train")
     )
-    texts: dict[str, str] = {}
+    studies: dict[str, tuple[Any, str]] = {}
     for image, text in mimic.pairs(train):
-        texts.setdefault(image.study_id, text)
-    return list(texts.values())
+        studies.setdefault(image.study_id, (image, text))
+    return list(studies.values())
+
+
+def corpus_texts(folder: Path) -> list[str]:
+    """Cleaned texts of the official ``train`` split, one per study (frontal images, file order)."""
+    return [text for _, text in _train_studies(folder)]
 
 
 def corpus_sections(folder: Path) -> tuple[list[str], list[tuple[str, str]]]:
     """:func:`corpus_texts` and, aligned with them, each study's cleaned (findings, impression)
-    (``""`` for a section its report lacks): what section matching pairs."""
-    from cxrbench.data.formats import mimic
-    from cxrbench.data.reports import clean_report, extract_sections, read_report
+    (``data.reports.clean_sections``)."""
+    from cxrbench.data.reports import clean_sections, read_report
 
-    index = mimic.read(folder)
-    train = dataclasses.replace(
-        index, images=tuple(image for image in index.images if image.split == "train")
-    )
-    texts: dict[str, str] = {}
-    sections: dict[str, tuple[str, str]] = {}
-    for image, text in mimic.pairs(train):
-        if image.study_id in texts:
-            continue
-        texts[image.study_id] = text
-        parts = extract_sections(read_report(image.report_path))
-        sections[image.study_id] = (clean_report(None, parts.get("findings", "")),
-                                    clean_report(parts.get("impression", ""), None))  # fmt: skip
-    return list(texts.values()), list(sections.values())
+    studies = _train_studies(folder)
+    return ([text for _, text in studies],
+            [clean_sections(read_report(image.report_path)) for image, _ in studies])  # fmt: skip
 
 
 def read_summary(out_dir: Path) -> dict[str, Any] | None:
@@ -130,7 +124,7 @@ def _train_or_reuse(
 ) -> dict[str, Any]:
     existing = read_summary(out)
     if existing is not None and not force:
-        if existing.get("settings") == _expected_settings(texts, params):
+        if existing.get("settings") == model_settings(texts, **params):
             log.info("text model %s is up to date; not retraining", out)
             return {**existing, "path": str(out), "reused": True}
         raise CxrbenchError(
@@ -139,24 +133,6 @@ def _train_or_reuse(
         )
     summary = train_text_model(texts, out, progress=progress, device=device, **params)
     return {**summary, "path": str(out), "reused": False}
-
-
-def _expected_settings(texts: list[str], params: dict[str, Any]) -> dict[str, Any]:
-    """The ``settings`` a model trained with ``params`` records (as ``train_text_model``)."""
-    from cxrbench.models.text_pretrain import (
-        DEFAULT_SECTION_WEIGHT,
-        DEFAULT_TEMPERATURE,
-        sections_digest,
-    )
-
-    params = dict(params)
-    sections = params.pop("sections", None)
-    if sections is not None:
-        digest = sections_digest(sections)
-        params.setdefault("section_weight", DEFAULT_SECTION_WEIGHT)
-        params.setdefault("temperature", DEFAULT_TEMPERATURE)
-        params["sections_sha256"] = digest.hexdigest()
-    return text_settings(texts, **params)
 
 
 def record_evaluation(out_dir: Path, evaluation: dict[str, Any]) -> None:

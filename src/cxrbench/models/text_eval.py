@@ -50,23 +50,21 @@ class StudyText:
 def study_texts(folder: Path) -> list[StudyText]:
     """One entry per study with frontal images and a non-empty cleaned report, in file order."""
     from cxrbench.data.formats import mimic
-    from cxrbench.data.reports import clean_report, extract_sections, read_report
+    from cxrbench.data.reports import clean_sections, read_report, report_text
 
     index = mimic.read(Path(folder))
     seen: dict[str, StudyText] = {}
     for image in index.frontal():
         if image.study_id in seen:
             continue
-        sections = extract_sections(read_report(image.report_path))
-        impression, findings = sections.get("impression", ""), sections.get("findings", "")
-        text = clean_report(impression, findings)
+        report = read_report(image.report_path)
+        text = report_text(report)
         if not text:
             continue
         raw = index.labels.get(image.study_id, {}) if index.labels else {}
         labels = {name: 1.0 if value == 1.0 else 0.0 for name, value in raw.items()}
         seen[image.study_id] = StudyText(image.study_id, image.split, text,
-                                         clean_report(None, findings),
-                                         clean_report(impression, None), labels)  # fmt: skip
+                                         *clean_sections(report), labels)  # fmt: skip
     return list(seen.values())
 
 

@@ -77,9 +77,28 @@ class _Masking:
 Batch = tuple[Tensor, Tensor, Tensor]  # inputs, attention mask, labels (-100 where not predicted)
 
 
-def sections_digest(sections: list[tuple[str, str]]) -> Any:
-    """sha256 of the (findings, impression) pairs a section-matching model was trained on."""
-    return hashlib.sha256("\0".join(f"{f}\1{i}" for f, i in sections).encode())
+def model_settings(
+    texts: list[str],
+    *,
+    objective: str = "mlm",
+    sections: list[tuple[str, str]] | None = None,
+    section_weight: float = DEFAULT_SECTION_WEIGHT,
+    temperature: float = DEFAULT_TEMPERATURE,
+    **params: Any,
+) -> dict[str, Any]:
+    """The settings a model trained on ``texts`` with these arguments records (what reuse
+    compares): :func:`text_settings`, plus, for a section-matching objective, the objective,
+    its weight and temperature and a sha256 of the (findings, impression) pairs. An MLM model's
+    settings are what they were before the objective existed."""
+    if objective not in OBJECTIVES:
+        raise CxrbenchError(f"unknown text objective {objective!r}; known: {', '.join(OBJECTIVES)}")
+    if objective != "mlm":
+        if sections is None or len(sections) != len(texts):
+            raise CxrbenchError(f"objective {objective} needs (findings, impression) per text")
+        digest = hashlib.sha256("\0".join(f"{f}\1{i}" for f, i in sections).encode())
+        params = {**params, "objective": objective, "section_weight": section_weight,
+                  "temperature": temperature, "sections_sha256": digest.hexdigest()}  # fmt: skip
+    return text_settings(texts, **params)
 
 
 def text_settings(texts: list[str], **params: Any) -> dict[str, Any]:
@@ -437,27 +456,20 @@ def train_text_model(
     and the folder layout. An existing model folder at ``out_dir`` is replaced; any other
     non-empty folder there is an error.
     """
-    params: dict[str, Any] = {
-        "vocab_size": vocab_size, "layers": layers, "hidden": hidden, "heads": heads,
-        "intermediate": intermediate, "max_length": max_length, "epochs": epochs,
-        "batch_size": batch_size, "lr": lr, "mask_prob": mask_prob, "seed": seed,
-    }  # fmt: skip
-    if objective not in OBJECTIVES:
-        raise CxrbenchError(f"unknown text objective {objective!r}; known: {', '.join(OBJECTIVES)}")
-    if objective != "mlm":  # an MLM model's settings (and so its reuse) are as before
-        if sections is None or len(sections) != len(texts):
-            raise CxrbenchError(f"objective {objective} needs (findings, impression) per text")
-        digest = sections_digest(sections)
-        params.update(objective=objective, section_weight=section_weight,
-                      temperature=temperature, sections_sha256=digest.hexdigest())  # fmt: skip
+    settings = model_settings(
+        texts, objective=objective, sections=sections, section_weight=section_weight,
+        temperature=temperature, vocab_size=vocab_size, layers=layers, hidden=hidden,
+        heads=heads, intermediate=intermediate, max_length=max_length, epochs=epochs,
+        batch_size=batch_size, lr=lr, mask_prob=mask_prob, seed=seed,
+    )  # fmt: skip
     out_dir = Path(out_dir)
     _check_replaceable(out_dir)
     start = time.perf_counter()
-    model, tokenizer, metrics = _train(texts, params, torch.device(device), progress,
+    model, tokenizer, metrics = _train(texts, settings, torch.device(device), progress,
                                        sections if objective != "mlm" else None)  # fmt: skip
     summary = {
         "format": "cxrbench-text-bert",
-        "settings": text_settings(texts, **params),
+        "settings": settings,
         **metrics,
         "train_seconds": round(time.perf_counter() - start, 2),
         "device": device,
