@@ -363,8 +363,9 @@ def _add_pretrain(sub: Any) -> None:
                    help="mlm: masked-language modelling; mlm+sections: plus CXR-BERT-style "
                    "findings-impression matching (models/text_pretrain.py)")  # fmt: skip
     t.add_argument("--evaluate", action="store_true",
-                   help="measure the frozen [CLS] (collapse, label probe, findings-to-"
-                   "impression R@1: models/text_eval.py), kept in the summary")  # fmt: skip
+                   help="measure the frozen [CLS] (collapse, linear and cosine k-NN label "
+                   "probes, findings-to-impression R@1: models/text_eval.py), kept in the "
+                   "summary")  # fmt: skip
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=cmd_pretrain_text)
 

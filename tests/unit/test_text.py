@@ -443,3 +443,27 @@ def test_text_measurements_by_hand() -> None:
     assert 0.7 < probe["macro_auroc"] < 0.8  # one observation ~1.0, the other ~0.5
     with pytest.raises(CxrbenchError, match="positives"):
         label_probe(x[:10], np.zeros((10, 1)), x[10:20], np.zeros((10, 1)), ["none"])
+
+
+def test_knn_probe_sees_the_geometry_the_linear_probe_standardises_away() -> None:
+    import numpy as np
+
+    from cxrbench.models.text_eval import knn_probe, label_probe
+
+    gen = torch.Generator().manual_seed(0)
+    label = (torch.rand(400, generator=gen) > 0.5).float()
+    noise = torch.randn(400, 8, generator=gen)
+    # feature 0 is a common offset of 100 plus 0.05 × label; features 1-8 are noise of scale 1:
+    # standardised, feature 0 separates the classes perfectly; by cosine every vector points
+    # along the offset and the nearest neighbours are set by the noise (label-blind)
+    signal = torch.cat([100.0 + 0.05 * label[:, None], noise], dim=1)
+    y = label.numpy()[:, None].astype(float)
+    linear = label_probe(signal[:200], y[:200], signal[200:], y[200:], ["x"])["macro_auroc"]
+    knn = knn_probe(signal[:200], y[:200], signal[200:], y[200:], ["x"], k=10)["macro_auroc"]
+    assert linear > 0.99 and knn < 0.7, (linear, knn)
+    # an embedding whose direction carries the label: the k-NN probe reads it
+    spread = torch.cat([label[:, None] * 2 - 1, noise[:, :3] * 0.3], dim=1)
+    read = knn_probe(spread[:200], y[:200], spread[200:], y[200:], ["x"], k=10)
+    assert read["macro_auroc"] > 0.99
+    with pytest.raises(CxrbenchError, match="positives"):
+        knn_probe(spread[:10], np.zeros((10, 1)), spread[10:20], np.zeros((10, 1)), ["none"])

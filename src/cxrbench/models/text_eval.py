@@ -14,6 +14,12 @@ meaning something about the report. Three measurements, on the frozen model:
   macro AUROC over the observations with at least ``MIN_POSITIVES`` positives on both sides, i.e.
   how much of the label is in the embedding, text only; and the same from ``FEW_STUDIES``
   train studies (every k-th), where the embedding's arrangement, not only its content, shows;
+- **cosine k-NN probe**: each held-out study's score for an observation is the share of
+  positives among its ``KNN`` nearest train studies by cosine of the *raw* [CLS] (no
+  standardisation, no training): macro AUROC as above. The linear probe standardises every
+  feature, so it reads labels out of an embedding whose reports all point one way; methods that
+  use the text embedding through cosines (M-FLAG's alignment, zero-shot prompts, retrieval) see
+  its geometry, which this probe measures;
 - **findings → impression retrieval**: among the validation/test studies whose report has both
   sections, each findings text's [CLS] ranks every impression's by cosine; R@1 (chance
   1 / n) is how often its own impression is first.
@@ -34,6 +40,7 @@ from cxrbench.errors import CxrbenchError
 
 MIN_POSITIVES = 5
 FEW_STUDIES = 200
+KNN = 20
 SPLITS_HELD = ("validate", "test")
 
 
@@ -91,16 +98,10 @@ def collapse(features: torch.Tensor) -> dict[str, float]:
     return {"mean_pairwise_cosine": float(off), "mean_share": float(share), "texts": n}
 
 
-def label_probe(
-    train: torch.Tensor, train_labels: np.ndarray, test: torch.Tensor, test_labels: np.ndarray,
-    names: list[str],
-) -> dict[str, Any]:  # fmt: skip
-    """Macro AUROC of per-observation logistic regressions (see the module docstring)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
-    from cxrbench.metrics.classification import macro_auroc
-
+def _probe_columns(
+    train_labels: np.ndarray, test_labels: np.ndarray, names: list[str]
+) -> list[int]:
+    """The observations with ``MIN_POSITIVES``+ positives and a negative on both sides."""
     keep = [
         k for k in range(len(names))
         if MIN_POSITIVES <= train_labels[:, k].sum() < len(train_labels)
@@ -111,6 +112,20 @@ def label_probe(
             f"no CheXpert observation has {MIN_POSITIVES}+ positives (and a negative) in both the "
             "train and the validate/test studies: the label probe needs labelled studies"
         )
+    return keep
+
+
+def label_probe(
+    train: torch.Tensor, train_labels: np.ndarray, test: torch.Tensor, test_labels: np.ndarray,
+    names: list[str],
+) -> dict[str, Any]:  # fmt: skip
+    """Macro AUROC of per-observation logistic regressions (see the module docstring)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from cxrbench.metrics.classification import macro_auroc
+
+    keep = _probe_columns(train_labels, test_labels, names)
     scaler = StandardScaler().fit(train.numpy())
     x_train, x_test = scaler.transform(train.numpy()), scaler.transform(test.numpy())
     scores = np.zeros((len(test_labels), len(keep)))
@@ -124,6 +139,24 @@ def label_probe(
         "train_studies": len(train_labels),
         "test_studies": len(test_labels),
     }
+
+
+def knn_probe(
+    train: torch.Tensor, train_labels: np.ndarray, test: torch.Tensor, test_labels: np.ndarray,
+    names: list[str], k: int = KNN,
+) -> dict[str, Any]:  # fmt: skip
+    """Macro AUROC of cosine k-NN label scores (see the module docstring)."""
+    from cxrbench.metrics.classification import macro_auroc
+
+    keep = _probe_columns(train_labels, test_labels, names)
+    k = min(k, len(train))
+    unit = torch.nn.functional.normalize
+    sims = unit(test, dim=1) @ unit(train, dim=1).T
+    nearest = sims.topk(k, dim=1).indices.numpy()
+    scores = train_labels[:, keep][nearest].mean(axis=1)
+    kept = [names[i] for i in keep]
+    return {"macro_auroc": macro_auroc(scores, test_labels[:, keep], kept), "k": k,
+            "observations": kept}  # fmt: skip
 
 
 def retrieval_r1(findings: torch.Tensor, impressions: torch.Tensor) -> dict[str, float]:
@@ -162,6 +195,7 @@ def evaluate_text_model(
         train_cls = cls_features(encoder, [s.text for s in train])
         y_train, y_held = matrix(train), matrix(held)
         out["label_probe"] = label_probe(train_cls, y_train, held_cls, y_held, names)
+        out["knn_probe"] = knn_probe(train_cls, y_train, held_cls, y_held, names)
         # the same probe from FEW train studies (every k-th): with templated reports a probe
         # on thousands of studies decodes labels from almost any embedding; with a few
         # hundred, how the embedding arranges reports shows
