@@ -2,7 +2,7 @@
 
 Methods that align images to a *frozen* text model (M-FLAG) or score zero-shot prompts through
 one depend on its [CLS] feature (the last layer's first token, as :class:`TextEncoder` gives it)
-meaning something about the report. Three measurements, on the frozen model:
+meaning something about the report. Four measurements, on the frozen model:
 
 - **collapse**: over up to ``sample`` reports of the validation/test studies, the mean pairwise
   cosine of their [CLS] features and ``mean_share`` = ‖mean‖ / mean ‖x‖ (1 when every report
@@ -171,7 +171,7 @@ def retrieval_r1(findings: torch.Tensor, impressions: torch.Tensor) -> dict[str,
 def evaluate_text_model(
     model_dir: Path, folder: Path, *, sample: int = 256, max_length: int = 112
 ) -> dict[str, Any]:
-    """The three measurements of the module docstring for the text model in ``model_dir`` on the
+    """The four measurements of the module docstring for the text model in ``model_dir`` on the
     MIMIC-layout corpus ``folder`` (deterministic: no sampling beyond the first ``sample``)."""
     from cxrbench.models.text import TextEncoder
 
